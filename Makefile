@@ -1,0 +1,37 @@
+# pg-runbooks: `make demo` and `make test` on a fresh clone; both bootstrap .venv with pip.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench lab clean sandbox-stop
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/runbooks demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check runbooks_lib tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet jupyterlab
+	$(BIN)/runbooks sandbox start
+	DATABASE_URL="$$($(BIN)/runbooks sandbox url --role monitor)" $(BIN)/jupyter lab notebooks/
+
+sandbox-stop: $(STAMP)
+	$(BIN)/runbooks sandbox stop
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache

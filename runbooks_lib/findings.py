@@ -1,0 +1,158 @@
+"""Findings: what a runbook concluded, in the findings JSON contract of DESIGN.md section 3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import ipaddress
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEVERITIES = ("ok", "info", "warning", "critical")
+EXIT_CODES = {"ok": 0, "info": 0, "warning": 1, "critical": 2}
+EXIT_COULD_NOT_RUN = 3
+
+
+def worst(severities: list[str]) -> str:
+    """The most severe of SEVERITIES ('ok' for none)."""
+    return max(severities, key=SEVERITIES.index, default="ok")
+
+
+def grade(value: float, warning: float, critical: float) -> str:
+    """Severity of a value against 'greater than' thresholds (seed: > 80 % warns, > 95 % pages)."""
+    if value > critical:
+        return "critical"
+    if value > warning:
+        return "warning"
+    return "ok"
+
+
+@dataclass
+class Metric:
+    name: str
+    value: float | int | None
+    threshold: float | int | None = None
+
+
+@dataclass
+class Finding:
+    check: str
+    severity: str
+    title: str
+    detail: str = ""
+    metric: Metric | None = None
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    remediation: str = ""
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
+
+
+@dataclass
+class Skipped:
+    check: str
+    reason: str
+
+
+@dataclass
+class StepError:
+    step: str
+    message: str
+
+
+def jsonable(value: Any) -> Any:
+    """Values from PostgreSQL and pandas as JSON: times in ISO 8601, NaN/NaT as null."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    if hasattr(value, "isoformat") and hasattr(value, "tzinfo"):  # pandas Timestamp
+        return None if str(value) == "NaT" else value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        return jsonable(value.item())
+    return str(value)
+
+
+def records(df: Any, limit: int = 20) -> list[dict[str, Any]]:
+    """The first rows of a DataFrame as JSON-safe evidence."""
+    return [jsonable(r) for r in df.head(limit).to_dict(orient="records")]
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Report:
+    """The findings of one runbook run; written to disk after every change."""
+
+    runbook: str
+    target: str
+    path: Path | None = None
+    server_version: str | None = None
+    started_at: dt.datetime = field(default_factory=now_utc)
+    findings: list[Finding] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    errors: list[StepError] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return worst([f.severity for f in self.findings])
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_COULD_NOT_RUN if self.errors else EXIT_CODES[self.status]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runbook": self.runbook,
+            "target": self.target,
+            "server_version": self.server_version,
+            "started_at": iso(self.started_at),
+            "duration_s": round((now_utc() - self.started_at).total_seconds(), 3),
+            "status": self.status,
+            "findings": [jsonable(asdict(f)) for f in self.findings],
+            "skipped": [asdict(s) for s in self.skipped],
+            "errors": [asdict(e) for e in self.errors],
+        }
+
+    def write(self) -> None:
+        """Write atomically, so a reader never sees half a file even if the kernel dies."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".findings-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data

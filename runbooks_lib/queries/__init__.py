@@ -1,0 +1,64 @@
+"""The SQL of pg-runbooks, one ``.sql`` file per query and per version range.
+
+A query that changed across PostgreSQL versions has one file per range, named
+``NAME_post_VVVVVV.sql`` for servers at or above that ``server_version_num``, and ``NAME.sql`` for
+the oldest. `get` walks that ladder downwards. Each file opens with a comment that says what the
+query is for and what changed between versions.
+
+>>> get("extensions").name
+'extensions'
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+from ..errors import SkipStep
+
+
+class Query(str):
+    """SQL text that remembers its file name, for messages such as "skipped: activity"."""
+
+    name: str
+
+    def __new__(cls, text: str, name: str) -> Query:
+        self = super().__new__(cls, text)
+        self.name = name
+        return self
+
+
+@cache
+def _variants(name: str) -> list[tuple[int, str]]:
+    """(minimum server_version_num, file name) for every file of a query, newest first."""
+    found: list[tuple[int, str]] = []
+    for entry in resources.files(__package__).iterdir():
+        m = re.fullmatch(rf"{re.escape(name)}(?:_post_(\d+))?\.sql", entry.name)
+        if m:
+            found.append((int(m.group(1) or 0), entry.name))
+    return sorted(found, reverse=True)
+
+
+@cache
+def _read(filename: str) -> str:
+    return resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+
+
+def get(name: str, version_num: int = 0) -> Query:
+    """The text of query NAME for a server at VERSION_NUM (0: the newest variant).
+
+    Raises SkipStep when no variant exists for that version (a feature the server lacks).
+    """
+    variants = _variants(name)
+    if not variants:
+        raise KeyError(f"no query file named {name}")
+    for minimum, filename in variants:
+        if version_num == 0 or version_num >= minimum:
+            return Query(_read(filename), name)
+    oldest = variants[-1][0]
+    raise SkipStep(f"{name}: needs PostgreSQL {oldest // 10000} or later")
+
+
+def name_of(sql: str) -> str:
+    return getattr(sql, "name", "query")

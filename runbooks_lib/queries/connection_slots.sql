@@ -1,0 +1,7 @@
+-- Connection slots open to ordinary roles: max_connections minus the superuser reserve and,
+-- on 16+, reserved_connections (read with missing_ok so one file serves 13 to 18).
+SELECT current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved,
+       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())::int AS used;

