@@ -63,18 +63,18 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         was = server.stop(args.dir, remove=args.remove)
         print("sandbox stopped" if was else "sandbox was not running")
         return 0
-    sb, running = server.status(args.dir)
+    found, running = server.status(args.dir)
     if args.action == "status":
-        if sb is None:
+        if found is None:
             print("no sandbox (runbooks sandbox start)")
             return 1
-        print(f"PostgreSQL {sb.major} on 127.0.0.1:{sb.port} "
-              f"{'running' if running else 'stopped'}, data in {sb.datadir}")
+        print(f"PostgreSQL {found.major} on 127.0.0.1:{found.port} "
+              f"{'running' if running else 'stopped'}, data in {found.datadir}")
         return 0 if running else 1
-    if sb is None:
+    if found is None:
         print("no sandbox (runbooks sandbox start)", file=sys.stderr)
         return 1
-    print(sb.url(args.role, args.database))  # for `export DATABASE_URL=$(...)`: holds the password
+    print(found.url(args.role, args.database))  # for `export DATABASE_URL=$(...)`: holds the password
     return 0
 
 

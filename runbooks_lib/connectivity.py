@@ -152,11 +152,11 @@ def activity(rb: Runbook) -> pd.DataFrame:
     """Client sessions, fetched once per run and shared by the steps below."""
     if "activity" not in rb.data:
         s = rb.session
-        df = s.frame(queries.get("activity", s.facts.version_num))
-        df["age_bucket"] = pd.cut(df["conn_age_s"].astype(float),
+        snap = s.frame(queries.get("activity", s.facts.version_num))
+        snap["age_bucket"] = pd.cut(snap["conn_age_s"].astype(float),
                                   bins=[b[0] for b in AGE_BUCKETS] + [math.inf],
                                   labels=[b[2] for b in AGE_BUCKETS])
-        rb.data["activity"] = df
+        rb.data["activity"] = snap
         if not s.facts.sees_all_sessions:
             rb.skip("visibility", f"role {s.facts.current_user} lacks pg_read_all_stats: other "
                     "roles' client addresses and queries are hidden; grant pg_monitor")

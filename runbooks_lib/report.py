@@ -113,12 +113,34 @@ class Outcome:
     findings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _failed_step(exc: BaseException, secrets: list[str]) -> StepError:
+def _heading_before(nb_path: Path, exec_count: int) -> str:
+    """The markdown heading above the code cell that ran as EXEC_COUNT: the step's name."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may not have been saved
+        return ""
+    heading = ""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            lines = [ln for ln in cell.source.splitlines() if ln.startswith("#")]
+            heading = lines[0].lstrip("# ").strip() if lines else heading
+        elif cell.get("execution_count") == exec_count:
+            return heading
+    return ""
+
+
+def _failed_step(exc: BaseException, nb_path: Path, secrets: list[str]) -> StepError:
+    """The failed cell, named by its step heading, and the error: masked, no traceback."""
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = getattr(exc, "evalue", str(exc))
     exec_count = getattr(exc, "exec_count", None)
-    where = f"cell {exec_count}" if exec_count is not None else "notebook"
-    return StepError(where, mask_text(f"{ename}: {evalue}", *secrets)[:2000])
+    where = "notebook"
+    if exec_count is not None:
+        heading = _heading_before(nb_path, exec_count)
+        where = f"cell {exec_count}" + (f" ({heading})" if heading else "")
+    return StepError(mask_text(where, *secrets), mask_text(f"{ename}: {evalue}", *secrets)[:2000])
 
 
 def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: list[str],
@@ -138,7 +160,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
                                    progress_bar=False, log_output=False,
                                    execution_timeout=timeout_s, cwd=str(out))
     except Exception as exc:  # noqa: BLE001 - papermill raises many kinds; all end in the report
-        failure = _failed_step(exc, secrets)
+        failure = _failed_step(exc, nb_out, secrets)
         log.debug("runbook %s failed", name, exc_info=True)
     if findings_path.exists():
         data = load(findings_path)
@@ -150,6 +172,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if nb_out.exists():
         try:
+            sanitize_notebook(nb_out, secrets)
             export_html(nb_out, html_out, data)
         except Exception as exc:  # noqa: BLE001
             data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
@@ -162,6 +185,31 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     return Outcome(name, data["status"], code, data["duration_s"], counts, data["errors"],
                    {"notebook": nb_out.name, "html": html_out.name,
                     "findings": findings_path.name}, data["findings"])
+
+
+def sanitize_notebook(nb_path: Path, secrets: list[str]) -> None:
+    """No traceback and no secret in the executed notebook: an error output becomes one masked
+    line (the step and the error), and every text output is masked."""
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        clean = []
+        for o in cell.get("outputs", []):
+            if o.output_type == "error":
+                o = nbformat.v4.new_output("stream", name="stderr",
+                                           text=f"step failed: {o.ename}: {o.evalue}\n")
+            if o.output_type == "stream":
+                o.text = mask_text(o.text, *secrets)
+            elif "data" in o:
+                for mime in ("text/plain", "text/html", "text/markdown"):
+                    if isinstance(o.data.get(mime), str):
+                        o.data[mime] = mask_text(o.data[mime], *secrets)
+            clean.append(o)
+        cell.outputs = clean
+    nbformat.write(nb, nb_path)
 
 
 def _fallback_html(data: dict[str, Any]) -> str:

@@ -209,7 +209,7 @@ class Session:
     def frame(self, sql: str, params: dict[str, Any] | tuple[Any, ...] | None = None) -> pd.DataFrame:
         """Run one query and return its rows as a DataFrame (columns kept when empty)."""
         with self._guard(queries.name_of(sql)), self.conn.cursor() as cur:
-            cur.execute(sql.encode(), params)  # type: ignore[call-overload]
+            cur.execute(sql.encode(), params)
             rows = cur.fetchall()
             cols = [d.name for d in cur.description or []]
         return pd.DataFrame(rows, columns=cols)

