@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import socket
+import threading
 import time
 from typing import Any
 
@@ -59,6 +60,18 @@ def _probe_network(host: str, port: int, timeout_s: float) -> dict[str, Any]:
     return out
 
 
+def _network_hint(net: dict[str, Any]) -> str:
+    """What the DNS/TCP probe adds to libpq's message."""
+    if "dns_error" in net:
+        return f" DNS: {net['dns_error']}."
+    if "tcp_ms" in net:
+        return (f" TCP connect to {net['host']}:{net['port']} succeeded in {net['tcp_ms']} ms: "
+                "something listens, so look at the server (or pooler) itself.")
+    if "tcp_error" in net:
+        return f" TCP connect to {net['host']}:{net['port']}: {net['tcp_error']}."
+    return ""
+
+
 @step("reachability")
 def reachability(rb: Runbook, attempts: int = 3, connect_warning_s: float = 1.0) -> pd.DataFrame:
     """Up to ATTEMPTS connection attempts within the connect_timeout budget, timed; then the
@@ -69,27 +82,33 @@ def reachability(rb: Runbook, attempts: int = 3, connect_warning_s: float = 1.0)
     host = p.get("hostaddr") or p.get("host", "localhost").split(",")[0]
     port = int((p.get("port") or "5432").split(",")[0])
     budget = rb.timeouts.connect_s
+    net: dict[str, Any] = {}
+    # DNS and TCP are probed beside the first attempt, so the diagnosis costs no wall time
+    prober = threading.Thread(target=lambda: net.update(_probe_network(host, port, budget)),
+                              daemon=True)
+    prober.start()
     rows: list[dict[str, Any]] = []
     session: Session | None = None
     failure: ConnectError | None = None
-    started = time.monotonic()
+    started: float | None = None
     for n in range(1, attempts + 1):
-        t0 = time.monotonic()
-        try:
-            session = rb.open_session(rb.target)
-            rows.append({"attempt": n, "ok": True, "seconds": round(time.monotonic() - t0, 3),
-                         "cause": ""})
+        done = rb.attempt(rb.target)
+        started = done.started if started is None else started
+        rows.append({"attempt": n, "ok": done.session is not None,
+                     "seconds": round(done.seconds, 3),
+                     "cause": done.error.cause if done.error else ""})
+        if done.session is not None:
+            session = done.session
             break
-        except ConnectError as exc:
-            failure = exc
-            rows.append({"attempt": n, "ok": False, "seconds": round(time.monotonic() - t0, 3),
-                         "cause": exc.cause})
-            spent = time.monotonic() - started
-            if exc.cause not in TRANSIENT or spent + 0.25 * n >= budget or n == attempts:
-                break
-            time.sleep(0.25 * n)
+        failure = done.error
+        assert failure is not None
+        spent = time.monotonic() - started
+        if failure.cause not in TRANSIENT or spent + 0.25 * n >= budget or n == attempts:
+            break
+        time.sleep(0.25 * n)
     tries = pd.DataFrame(rows)
-    net = _probe_network(host, port, min(budget, 2.0)) if session is None else {}
+    if session is None and started is not None:
+        prober.join(timeout=max(0.0, budget - (time.monotonic() - started)))
     present.show_table(tries, "connection attempts")
     if session is not None:
         info = session.conn.info
@@ -139,9 +158,9 @@ def reachability(rb: Runbook, attempts: int = 3, connect_warning_s: float = 1.0)
         "reachability", "critical",
         f"Database unreachable after {len(tries)} attempt(s): {cause.replace('_', ' ')} "
         f"({where})",
-        rb.mask(str(failure)),
+        rb.mask(str(failure)) + _network_hint(dict(net)),
         metric=Metric("connect_failures", len(tries), 3),
-        evidence=[*records(tries), {k: str(v) for k, v in net.items()}],
+        evidence=[*records(tries), {k: str(v) for k, v in dict(net).items()}],
         remediation=str(failure).split("Next: ", 1)[-1]))
     return tries
 
@@ -273,14 +292,12 @@ def _session_stats(rb: Runbook) -> None:
 def _figures(act: pd.DataFrame) -> None:
     if act.empty:
         return
-    import plotly.express as px
-
     counts = act.groupby(["application", "state"]).size().rename("connections").reset_index()
-    present.show_figure(px.bar(counts, x="application", y="connections", color="state",
-                               title="Connections by state per application"))
-    present.show_figure(px.histogram(act.assign(age_min=act["conn_age_s"] / 60), x="age_min",
-                                     color="application", nbins=30,
-                                     title="Connection age (minutes)"))
+    present.show_figure(present.stacked_bars(counts, "application", "connections", "state",
+                                             "Connections by state per application"))
+    ages = act.assign(age_minutes=(act["conn_age_s"] / 60).round(2))
+    present.show_figure(present.histogram(ages, "age_minutes", "application",
+                                          "Connection age (minutes)"))
 
 
 # -- step 5: leak suspects -------------------------------------------------------------------

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import functools
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +39,7 @@ def available() -> dict[str, Path]:
     return {p.stem: p for p in sorted(notebook_dir().glob("*.ipynb"))}
 
 
+@functools.cache
 def describe(path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     """The notebook's title line and its parameters (name -> type, default, help)."""
     import nbformat
@@ -170,15 +171,15 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
         data.setdefault("errors", []).append({"step": failure.step, "message": failure.message})
     data["duration_s"] = round(time.monotonic() - started, 3)
     findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    if nb_out.exists():
-        try:
-            sanitize_notebook(nb_out, secrets)
-            export_html(nb_out, html_out, data)
-        except Exception as exc:  # noqa: BLE001
-            data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
-            findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    else:
-        html_out.write_text(_fallback_html(data), encoding="utf-8")
+    try:
+        if nb_out.exists():
+            nb = sanitize_notebook(nb_out, secrets)
+            html_out.write_text(render_html(nb, data), encoding="utf-8")
+        else:
+            html_out.write_text(render_html({"cells": []}, data), encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 - the JSON must still say what happened
+        data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
+        findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     code = EXIT_COULD_NOT_RUN if data["errors"] else EXIT_CODES[data["status"]]
     counts = {s: sum(1 for f in data["findings"] if f["severity"] == s)
               for s in ("critical", "warning", "info", "ok")}
@@ -187,7 +188,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
                     "findings": findings_path.name}, data["findings"])
 
 
-def sanitize_notebook(nb_path: Path, secrets: list[str]) -> None:
+def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
     """No traceback and no secret in the executed notebook: an error output becomes one masked
     line (the step and the error), and every text output is masked."""
     import nbformat
@@ -210,41 +211,83 @@ def sanitize_notebook(nb_path: Path, secrets: list[str]) -> None:
             clean.append(o)
         cell.outputs = clean
     nbformat.write(nb, nb_path)
+    return nb
 
 
-def _fallback_html(data: dict[str, Any]) -> str:
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:0 auto;
+padding:0 16px 40px;color:#222;line-height:1.45}
+.rb-banner{padding:10px 12px;margin:12px 0;border:1px solid #ccc;border-radius:4px;background:#fafafa}
+.rb-status-ok,.rb-status-info{color:#2e7d32}.rb-status-warning{color:#ef6c00}.rb-status-critical{color:#c62828}
+table.rb-table{border-collapse:collapse;font-size:13px;margin:6px 0}
+table.rb-table th,table.rb-table td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+table.rb-table th{background:#f0f0f0}
+pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px}
+code{background:#f0f0f0;padding:0 3px}
+.rb-stderr{color:#c62828}
+"""
+
+
+def _output_html(output: Any) -> str:
+    """One cell output. HTML outputs were escaped by present.py when they were made; text is
+    escaped here. Widgets have no place in a static report: their text form is shown."""
     import html
 
-    body = html.escape(json.dumps(data, indent=2))
-    return f"<!doctype html><html><body><h1>{html.escape(data['runbook'])}</h1><pre>{body}</pre>" \
-           "</body></html>"
+    kind = output.get("output_type")
+    if kind == "stream":
+        cls = ' class="rb-stderr"' if output.get("name") == "stderr" else ""
+        return f"<pre{cls}>{html.escape(output.get('text', ''))}</pre>"
+    if kind == "error":
+        return f'<pre class="rb-stderr">{html.escape(output.get("ename", ""))}: ' \
+               f'{html.escape(output.get("evalue", ""))}</pre>'
+    data = output.get("data", {})
+    if "text/html" in data:
+        value = data["text/html"]
+        return "".join(value) if isinstance(value, list) else str(value)
+    if "image/png" in data:
+        return f'<img src="data:image/png;base64,{data["image/png"]}"/>'
+    if "text/plain" in data:
+        return f"<pre>{html.escape(str(data['text/plain']))}</pre>"
+    return ""
 
 
-def export_html(nb_path: Path, html_path: Path, data: dict[str, Any]) -> None:
-    """The executed notebook as a report: code hidden, plotly.js embedded once (offline)."""
+def render_html(nb: Any, data: dict[str, Any]) -> str:
+    """The executed notebook as a standalone page: the markdown explanations and the outputs,
+    code hidden, plotly.js embedded once (offline, no CDN)."""
     import html
+    from importlib import resources
 
-    import nbformat
-    from nbconvert import HTMLExporter
-    from plotly.offline import get_plotlyjs
+    import mistune
 
-    nb = nbformat.read(nb_path, as_version=4)
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    exporter.exclude_input = True
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {
-        "name": f"{data['runbook']}: {data['status']}"}})
-    banner = (f'<div style="padding:8px;border-bottom:1px solid #ccc;font-family:sans-serif">'
-              f"<b>{html.escape(data['runbook'])}</b> on <code>{html.escape(data['target'])}"
-              f"</code> at {html.escape(data['started_at'])}: status "
-              f"<b>{html.escape(data['status'])}</b>"
-              + "".join(f"<br>error in {html.escape(e['step'])}: {html.escape(e['message'])}"
-                        for e in data.get("errors", []))
+    md = mistune.create_markdown(escape=True, plugins=["table", "strikethrough"])
+    e = html.escape
+    status = str(data.get("status", ""))
+    banner = (f'<div class="rb-banner"><b>{e(data["runbook"])}</b> on <code>{e(data["target"])}'
+              f"</code>, PostgreSQL {e(str(data.get('server_version') or '?'))}, started "
+              f"{e(data['started_at'])}: status <b class=\"rb-status-{e(status)}\">{e(status)}</b>"
+              + "".join(f"<br><b>could not run</b> {e(err['step'])}: {e(err['message'])}"
+                        for err in data.get("errors", []))
               + "</div>")
-    script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
-    body = body.replace("</head>", script + "\n</head>", 1)
-    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + banner, body, count=1)
-    html_path.write_text(body, encoding="utf-8")
+    parts: list[str] = []
+    for cell in nb.get("cells", []):
+        if "papermill-error-cell-tag" in cell.get("metadata", {}).get("tags", []):
+            continue  # papermill's raw-HTML pointer to the failed cell: the banner says it
+        if cell.get("cell_type") == "markdown":
+            parts.append(str(md(cell.get("source", ""))))
+        elif cell.get("cell_type") == "code":
+            tags = cell.get("metadata", {}).get("tags", [])
+            if "parameters" in tags or "injected-parameters" in tags:
+                continue
+            parts.extend(_output_html(o) for o in cell.get("outputs", []))
+    body = "\n".join(p for p in parts if p)
+    uses_plotly = "Plotly.newPlot" in body
+    plotly_js = ""
+    if uses_plotly:
+        js = resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text("utf-8")
+        plotly_js = f'<script type="text/javascript">{js}</script>'
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
+            f"<title>{e(data['runbook'])}: {e(status)}</title><style>{_CSS}</style>{plotly_js}"
+            f"</head><body>{banner}{body}</body></html>\n")
 
 
 def _password(spec: str) -> str:

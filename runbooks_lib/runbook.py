@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -25,6 +27,33 @@ log = logging.getLogger("runbooks_lib")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _Attempt:
+    """A connection attempt running in a thread, started when the Runbook is created so that the
+    network wait overlaps the notebook's imports (pandas alone takes 0.3 s)."""
+
+    def __init__(self, connect: Callable[[], Session]) -> None:
+        self.started = time.monotonic()
+        self.seconds = 0.0
+        self.session: Session | None = None
+        self.error: ConnectError | None = None
+        self._connect = connect
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.session = self._connect()
+        except ConnectError as exc:
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 - reported like any failed attempt
+            self.error = ConnectError(mask_text(f"{type(exc).__name__}: {exc}"))
+        self.seconds = time.monotonic() - self.started
+
+    def wait(self) -> _Attempt:
+        self._thread.join()
+        return self
 
 
 class Runbook:
@@ -61,6 +90,10 @@ class Runbook:
                 self.admin = resolve(admin_target)
             except TargetError as exc:
                 self.skip("admin_target", str(exc))
+        self._first: _Attempt | None = None
+        if self.target is not None:
+            target_ = self.target
+            self._first = _Attempt(lambda: self.open_session(target_))
         self.report.write()
 
     @property
@@ -77,6 +110,13 @@ class Runbook:
         self.report.server_version = s.facts.version
         return s
 
+    def attempt(self, target: Target) -> _Attempt:
+        """One timed connection attempt; the first one on the main target is already under way."""
+        if target is self.target and self._first is not None:
+            first, self._first = self._first, None
+            return first.wait()
+        return _Attempt(lambda: self.open_session(target)).wait()
+
     def use(self, session: Session) -> None:
         """Make SESSION the one the following steps use (e.g. the admin session)."""
         self._session = session
@@ -91,22 +131,30 @@ class Runbook:
         if self.unavailable:
             raise SkipStep(f"no connection: {self.unavailable}")
         assert self.target is not None
-        try:
-            self._session = self.open_session(self.target)
-        except ConnectError as exc:
-            if exc.cause == "too_many_clients" and self.admin is not None:
-                self._session = self.open_session(self.admin)
-                self.add(Finding("too_many_clients", "critical",
-                                 "Connection slots exhausted (53300): diagnosing through admin_target",
-                                 self.mask(str(exc)), remediation="see who holds the slots below"))
-            else:
-                self.unavailable = str(exc)
-                self.add(Finding("reachability", "critical", f"Cannot connect ({exc.cause})",
-                                 self.mask(str(exc))))
-                raise SkipStep(f"no connection: {exc.cause}") from None
+        first = self.attempt(self.target)
+        if first.session is not None:
+            self.use(first.session)
+            return first.session
+        exc = first.error
+        assert exc is not None
+        if exc.cause == "too_many_clients" and self.admin is not None:
+            self.use(self.open_session(self.admin))
+            self.add(Finding("too_many_clients", "critical",
+                             "Connection slots exhausted (53300): diagnosing through admin_target",
+                             self.mask(str(exc)), remediation="see who holds the slots below"))
+        else:
+            self.unavailable = str(exc)
+            self.add(Finding("reachability", "critical", f"Cannot connect ({exc.cause})",
+                             self.mask(str(exc))))
+            raise SkipStep(f"no connection: {exc.cause}")
+        assert self._session is not None
         return self._session
 
     def close(self) -> None:
+        if self._first is not None:  # an attempt no step used
+            first, self._first = self._first.wait(), None
+            if first.session is not None:
+                first.session.close()
         if self._session is not None:
             self._session.close()
             self._session = None

@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
@@ -22,6 +21,9 @@ from psycopg.rows import dict_row
 from . import queries
 from .errors import ConnectError, ProbeError, SkipStep
 from .target import Target, mask_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("runbooks_lib")
 
@@ -208,6 +210,8 @@ class Session:
 
     def frame(self, sql: str, params: dict[str, Any] | tuple[Any, ...] | None = None) -> pd.DataFrame:
         """Run one query and return its rows as a DataFrame (columns kept when empty)."""
+        import pandas as pd  # imported late: the first connection attempt overlaps this import
+
         with self._guard(queries.name_of(sql)), self.conn.cursor() as cur:
             cur.execute(sql.encode(), params)
             rows = cur.fetchall()
