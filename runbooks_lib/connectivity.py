@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import actions, present, queries
 from .errors import ConnectError, SkipStep
-from .findings import Finding, Metric, grade, records
+from .findings import Finding, Metric, grade, ratio, records
 from .runbook import Runbook, step
 from .session import Session
 
@@ -196,11 +196,12 @@ def slots(rb: Runbook) -> dict[str, int]:
 
 @step("connection_usage")
 def usage(rb: Runbook, warning: float = 0.80, critical: float = 0.95) -> dict[str, int]:
+    warning, critical = ratio(warning), ratio(critical)
     sl = slots(rb)
     act = activity(rb)
     used, avail = sl["used"], max(1, sl["available"])
-    ratio = used / avail
-    sev = grade(ratio, warning, critical)
+    share = used / avail
+    sev = grade(share, warning, critical)
     by_app = (act.groupby(["application", "state"]).size().rename("count").reset_index()
               .sort_values("count", ascending=False))
     top = ""
@@ -213,10 +214,10 @@ def usage(rb: Runbook, warning: float = 0.80, critical: float = 0.95) -> dict[st
                f"{', '.join(sorted(mine['user'].dropna().unique()))}")
     rb.add(Finding(
         "connection_usage", sev,
-        f"Connection slots {ratio:.0%} used ({used} of {avail})",
+        f"Connection slots {share:.0%} used ({used} of {avail})",
         f"max_connections {sl['max_connections']} minus {sl['superuser_reserved']} superuser "
         f"and {sl['reserved']} reserved slots; idle sessions count as used. {top}".strip(),
-        metric=Metric("connection_usage_ratio", round(ratio, 4),
+        metric=Metric("connection_usage_ratio", round(share, 4),
                       critical if sev == "critical" else warning),
         evidence=records(by_app),
         remediation="" if sev == "ok" else
@@ -240,8 +241,9 @@ def holders(rb: Runbook, idle_in_transaction_warning_s: float = 60,
     present.show_table(grouped, "connections by application, user, client, database and state")
     buckets = (act.groupby(["application", "age_bucket"], observed=False).size()
                .rename("count").reset_index())
-    present.show_table(buckets.pivot(index="application", columns="age_bucket", values="count")
-                       .reset_index(), "connection age by application")
+    ages = buckets.pivot(index="application", columns="age_bucket", values="count")
+    ages.columns.name = None
+    present.show_table(ages.reset_index(), "connection age by application")
     _figures(act)
     idle_tx = act[act["state"].isin(IDLE_IN_TX)].sort_values("state_age_s", ascending=False)
     present.show_table(idle_tx[["pid", "application", "user", "client_addr", "state_age_s",
@@ -371,21 +373,22 @@ def budget(rb: Runbook, replicas: int = 1, pool_size: int = 0, other_consumers: 
                        "URL (Prisma's default is num_cpus * 2 + 1; with the pg adapter its max, "
                        "default 10)")
     source = "pool_size parameter" if pool_size else "connection_limit in the target URL"
+    warning = ratio(warning)
     sl = slots(rb)
     avail = sl["available"]
     planned = replicas * pool + other_consumers
-    ratio = planned / max(1, avail)
-    sev = "critical" if planned > avail else ("warning" if ratio > warning else "ok")
+    share = planned / max(1, avail)
+    sev = "critical" if planned > avail else ("warning" if share > warning else "ok")
     plan = {"replicas": replicas, "pool_size": pool, "pool_size_from": source,
             "other_consumers": other_consumers, "planned": planned, "available": avail,
             "in_use_now": sl["used"]}
     rb.add(Finding(
         "connection_budget", sev,
         f"Connection budget: {replicas} x {pool} + {other_consumers} = {planned} planned "
-        f"for {avail} slots ({ratio:.0%})",
+        f"for {avail} slots ({share:.0%})",
         f"pool size from the {source}; every replica opens its full pool at peak. "
         "Prisma 7 with @prisma/adapter-pg ignores connection_limit: its max applies.",
-        metric=Metric("connection_budget_ratio", round(ratio, 4), 1.0 if sev == "critical"
+        metric=Metric("connection_budget_ratio", round(share, 4), 1.0 if sev == "critical"
                       else warning),
         evidence=[plan],
         remediation="" if sev == "ok" else

@@ -23,6 +23,11 @@ def worst(severities: list[str]) -> str:
     return max(severities, key=SEVERITIES.index, default="ok")
 
 
+def ratio(threshold: float) -> float:
+    """A share threshold given as 80 (percent) or 0.80: both mean 80 %."""
+    return threshold / 100 if threshold > 1 else threshold
+
+
 def grade(value: float, warning: float, critical: float) -> str:
     """Severity of a value against 'greater than' thresholds (seed: > 80 % warns, > 95 % pages)."""
     if value > critical:

@@ -49,7 +49,8 @@ class _Attempt:
             self.error = exc
         except Exception as exc:  # noqa: BLE001 - reported like any failed attempt
             self.error = ConnectError(mask_text(f"{type(exc).__name__}: {exc}"))
-        self.seconds = time.monotonic() - self.started
+        # a connection's own set-up time, without the server-facts queries that follow it
+        self.seconds = self.session.connect_s if self.session else time.monotonic() - self.started
 
     def wait(self) -> _Attempt:
         self._thread.join()
@@ -81,10 +82,9 @@ class Runbook:
         try:
             self.target = resolve(target)
             self.report.target = self.target.masked()
-        except TargetError as exc:
+        except TargetError as exc:  # a configuration problem: the runbook could not run
             self.unavailable = str(exc)
-            self.add(Finding("target", "critical", "Target could not be resolved", str(exc),
-                             remediation="set the target parameter or the environment variable"))
+            self.error("target", str(exc))
         if admin_target:
             try:
                 self.admin = resolve(admin_target)

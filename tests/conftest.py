@@ -101,10 +101,10 @@ def runbook(quiet: Sandbox, tmp_path: Path,
         rb.close()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
+def run_cli(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),
             timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`runbooks ARGS` in a subprocess, as a scheduler would call it."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.run([sys.executable, "-m", "runbooks_lib", *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout, cwd=ROOT)
 

@@ -219,3 +219,11 @@ def test_action_with_allow_actions_terminates_and_is_audited(
     assert sorted(lines[0]["pids"]) == sorted(stuck)
     (f,) = by_check(rb, "action_terminate")
     assert "2 of 2 sessions ended" in f.title
+
+
+def test_thresholds_in_percent_mean_the_same(quiet: Sandbox, runbook: Callable[..., Runbook]) -> None:
+    rb = runbook()
+    with incidents.leaking_app(quiet.url("app"), "leaky-api", idle=22):  # 81 %
+        cx.usage(rb, warning=80, critical=95)
+    (f,) = by_check(rb, "connection_usage")
+    assert f.severity == "warning" and f.metric is not None and f.metric.threshold == 0.8

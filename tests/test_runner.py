@@ -210,3 +210,12 @@ def test_notebooks_run_clean_under_nbval_lax(quiet: Sandbox) -> None:
                           text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def test_missing_target_variable_means_could_not_run(tmp_path: Path) -> None:
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path), unset=("DATABASE_URL",))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    data = outputs(tmp_path)
+    (err,) = data["errors"]
+    assert err["step"] == "target" and "DATABASE_URL is not set" in err["message"]
+    assert "could not run" in (tmp_path / "connectivity.html").read_text()
