@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,29 +97,8 @@ def test_unreachable_server_is_critical_within_the_connect_budget(tmp_path: Path
 
 @pytest.fixture
 def silent_server() -> Iterator[int]:
-    """A TCP port that accepts connections and never answers (a hung server or proxy)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(srv.accept()[0])
-            except OSError:
-                pass
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join()
-    for s in held:
-        s.close()
-    srv.close()
+    with incidents.silent_server() as port:
+        yield port
 
 
 def test_silent_server_times_out_once_within_budget(silent_server: int, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ and closes them on exit (tests and the demo clean up after themselves).
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,3 +75,33 @@ def exhausted(url: str, application: str = "cosnap-backend", limit: int = 1000) 
         yield held
     finally:
         held.close()
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts TCP connections and never answers: a hung server, or a
+    proxy whose backend is gone. Yields the port."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        for s in held:
+            s.close()
+        srv.close()
