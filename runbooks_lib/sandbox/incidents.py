@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 
@@ -105,3 +107,195 @@ def silent_server() -> Iterator[int]:
         for s in held:
             s.close()
         srv.close()
+
+
+# -- latency incidents -------------------------------------------------------------------------
+
+Statement = tuple[str, tuple[object, ...] | None]
+
+
+class Workload:
+    """A client running statements in a loop in a background thread until stopped."""
+
+    def __init__(self, url: str, application: str,
+                 batch: Callable[[psycopg.Connection[tuple[object, ...]]], None]) -> None:
+        self.conn = psycopg.connect(make_conninfo(url, application_name=application),
+                                    autocommit=True)
+        self.batch = batch
+        self.rounds = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.batch(self.conn)
+            except psycopg.Error:
+                if self.stop.is_set() or self.conn.closed:
+                    return
+                raise
+            self.rounds += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        self.conn.close()
+
+
+@contextmanager
+def workload(url: str, batch: Callable[[psycopg.Connection[tuple[object, ...]]], None],
+             application: str = "cosnap-backend") -> Iterator[Workload]:
+    w = Workload(url, application, batch)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+@contextmanager
+def ddl(url: str, do: list[str], undo: list[str]) -> Iterator[None]:
+    """Change the schema for the incident's lifetime (CONCURRENTLY statements need autocommit)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for sql in do:
+            try:
+                conn.execute(sql.encode())
+            except psycopg.Error:
+                if "CONCURRENTLY" not in sql:  # a failed concurrent build is the incident itself
+                    raise
+    try:
+        yield
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for sql in undo:
+                conn.execute(sql.encode())
+
+
+def missing_index(url: str) -> AbstractContextManager[None]:
+    """The seed's verification-code lookup without its index: a hot query seq-scans the table."""
+    return ddl(url, ["DROP INDEX IF EXISTS verification_codes_email_scene_code_idx"],
+               ["CREATE INDEX IF NOT EXISTS verification_codes_email_scene_code_idx "
+                "ON verification_codes (email, scene, code)"])
+
+
+def verification_lookups(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    for i in range(1, 21):
+        conn.execute("SELECT id FROM verification_codes WHERE email = %s AND scene = %s "
+                     "AND code = %s", (f"user{i}@example.com", "login", f"{i:06d}"))
+
+
+def posts_then_authors(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """The seed's N+1: findMany posts, then findUnique user per post."""
+    posts = conn.execute("SELECT id, user_id FROM posts ORDER BY id LIMIT 50").fetchall()
+    for _, user_id in posts:
+        conn.execute("SELECT id, username FROM users WHERE id = %s", (user_id,))
+
+
+def healthy_batch(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """A mixed, well-indexed workload: lookups by key, a page of posts with their authors."""
+    conn.execute("SELECT id, username FROM users WHERE email = %s", ("user7@example.com",))
+    conn.execute("SELECT p.id, p.title, u.username FROM posts p JOIN users u ON u.id = p.user_id "
+                 "WHERE p.user_id = %s ORDER BY p.created_at DESC LIMIT 20", (7,))
+    conn.execute("SELECT count(*) FROM comments WHERE post_id = %s", (42,))
+    time.sleep(0.01)
+
+
+@dataclass
+class LockChain:
+    root: int
+    waiters: list[int]
+
+
+@contextmanager
+def lock_chain(url: str, application: str = "cosnap-backend") -> Iterator[LockChain]:
+    """One session holds a row lock idle in transaction; two more wait behind it (the second
+    behind the first waiter's tuple lock): a chain three sessions deep."""
+    info = make_conninfo(url, application_name=application)
+    root = psycopg.connect(info)
+    root.execute("UPDATE users SET updated_at = updated_at WHERE id = 1")
+    waiters = [psycopg.connect(info, autocommit=True) for _ in range(2)]
+    threads = []
+    for w in waiters:
+        t = threading.Thread(target=_ignore_errors, args=(
+            w, "UPDATE users SET updated_at = updated_at WHERE id = 1"), daemon=True)
+        t.start()
+        threads.append(t)
+        _wait_for_lock_wait(url, w.info.backend_pid)
+    try:
+        yield LockChain(root.info.backend_pid, [w.info.backend_pid for w in waiters])
+    finally:
+        root.rollback()
+        root.close()
+        for t in threads:
+            t.join(timeout=30)
+        for w in waiters:
+            w.close()
+
+
+def _ignore_errors(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> None:
+    try:
+        conn.execute(sql.encode())
+    except psycopg.Error:
+        pass
+
+
+def _wait_for_lock_wait(url: str, pid: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(url, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            row = c.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                            (pid,)).fetchone()
+            if row and row[0] == "Lock":
+                return
+            time.sleep(0.05)
+    raise TimeoutError(f"pid {pid} never waited for a lock")
+
+
+@contextmanager
+def long_query(url: str, seconds: float = 60, application: str = "report-job") -> Iterator[int]:
+    """A statement running for SECONDS (pg_sleep); yields its pid."""
+    conn = psycopg.connect(make_conninfo(url, application_name=application), autocommit=True)
+    t = threading.Thread(target=_ignore_errors, args=(conn, f"SELECT pg_sleep({float(seconds)})"),
+                         daemon=True)
+    t.start()
+    pid = conn.info.backend_pid
+    try:
+        yield pid
+    finally:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        t.join(timeout=30)
+        conn.close()
+
+
+def duplicate_index(url: str) -> AbstractContextManager[None]:
+    """posts(user_id) indexed twice; the copy is never used."""
+    return ddl(url, ["CREATE INDEX IF NOT EXISTS posts_user_id_dup_idx ON posts (user_id)"],
+               ["DROP INDEX IF EXISTS posts_user_id_dup_idx"])
+
+
+def invalid_index(url: str) -> AbstractContextManager[None]:
+    """A unique index built CONCURRENTLY on duplicate values fails and stays INVALID."""
+    return ddl(url, ["CREATE UNIQUE INDEX CONCURRENTLY posts_user_id_unique_idx ON posts (user_id)"],
+               ["DROP INDEX IF EXISTS posts_user_id_unique_idx"])
+
+
+def fk_without_index(url: str) -> AbstractContextManager[None]:
+    """comments.user_id loses its index: deleting a user scans comments (the seed's 30 s)."""
+    return ddl(url, ["DROP INDEX IF EXISTS comments_user_id_idx"],
+               ["CREATE INDEX IF NOT EXISTS comments_user_id_idx ON comments (user_id)"])
+
+
+@contextmanager
+def dead_tuples(url: str, table: str = "comments") -> Iterator[None]:
+    """Autovacuum disabled on TABLE, then every row updated: as many dead tuples as live ones."""
+    ident = sql.Identifier(table)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(ident))
+        conn.execute(sql.SQL("UPDATE {} SET id = id").format(ident))
+    try:
+        yield
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(ident))
+            conn.execute(sql.SQL("VACUUM {}").format(ident))
