@@ -95,7 +95,8 @@ def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
         delta = merged[c] - prev
         merged[c] = delta.where(delta >= 0, merged[c])
     merged = merged.drop(columns=[f"{c}_before" for c in COUNTERS])
-    merged = merged[merged["calls"] > 0].copy()
+    ours = merged["query"].str.contains(queries.MARKER, regex=False)
+    merged = merged[(merged["calls"] > 0) & ~ours].copy()
     merged["mean_ms"] = merged["total_exec_time"] / merged["calls"]
     merged["rows_per_call"] = merged["rows"] / merged["calls"]
     total = merged["total_exec_time"].sum()
@@ -122,7 +123,10 @@ SHOWN = ["time_share", "total_exec_time", "calls", "mean_ms", "rows", "shared_bl
 
 @step("top_queries")
 def top_queries(rb: Runbook, dominant_share: float = 0.30, slow_query_ms: float = 2000,
-                min_window_ms: float = 100) -> pd.DataFrame | None:
+                busy_share: float = 0.5) -> pd.DataFrame | None:
+    """A statement above DOMINANT_SHARE of the window's database time is called out: a warning
+    when it alone keeps the server busy (its time >= BUSY_SHARE of the window, half a core on
+    average), information otherwise: on a quiet server some statement always dominates."""
     try:
         delta = _window_statements(rb)
     except SkipStep as exc:
@@ -153,18 +157,19 @@ def top_queries(rb: Runbook, dominant_share: float = 0.30, slow_query_ms: float 
                                         "margin": {"l": 420}, "xaxis": {"tickformat": ".0%"}}})
     found: list[Finding] = []
     total_ms = float(delta["total_exec_time"].sum())
-    if total_ms >= min_window_ms:
-        for _, r in delta[delta["time_share"] > dominant_share].iterrows():
-            found.append(Finding(
-                "dominant_query", "warning",
-                f"One statement takes {r['time_share']:.0%} of the database time in the last "
-                f"{w:.0f} s: {_short(r['query'])}",
-                f"{int(r['calls'])} calls, mean {r['mean_ms']:.1f} ms, {int(r['rows'])} rows, "
-                f"user {r['user']}, database {r['database']}, queryid {r['queryid']}",
-                metric=Metric("query_time_share", round(float(r["time_share"]), 4), dominant_share),
-                evidence=records(shown.loc[[r.name], SHOWN]),
-                remediation="look at its plan (step 7) and the tables it scans (step 6); add the "
-                            "missing index or cache the result"))
+    for _, r in delta[delta["time_share"] > dominant_share].iterrows():
+        busy = float(r["total_exec_time"]) / 1000 / max(w, 1e-9)
+        found.append(Finding(
+            "dominant_query", "warning" if busy >= busy_share else "info",
+            f"One statement takes {r['time_share']:.0%} of the database time in the last "
+            f"{w:.0f} s: {_short(r['query'])}",
+            f"{int(r['calls'])} calls, mean {r['mean_ms']:.1f} ms, {int(r['rows'])} rows, "
+            f"user {r['user']}, database {r['database']}, queryid {r['queryid']}; it kept "
+            f"{busy:.2f} sessions busy on average",
+            metric=Metric("query_time_share", round(float(r["time_share"]), 4), dominant_share),
+            evidence=records(shown.loc[[r.name], SHOWN]),
+            remediation="look at its plan (step 7) and the tables it scans (step 6); add the "
+                        "missing index or cache the result"))
     slow = delta[delta["mean_ms"] > slow_query_ms]
     for _, r in slow.head(5).iterrows():
         found.append(Finding(
@@ -276,8 +281,8 @@ def load(rb: Runbook, lock_share_warning: float = 0.5) -> pd.DataFrame:
            .reset_index().sort_values("samples", ascending=False))
     top["share"] = (top["samples"] / len(samples)).round(3)
     present.show_table(top.head(15), "top wait events (share of active time)")
-    t0 = samples["ts"].min()
-    series = samples.assign(t=(samples["ts"] - t0).dt.total_seconds().round(1))
+    ts = pd.to_datetime(samples["ts"], utc=True)
+    series = samples.assign(t=(ts - ts.min()).dt.total_seconds().round(1))
     per = series.groupby(["t", "wait_event_type"]).size().rename("sessions").reset_index()
     present.show_figure({"data": [{"type": "scatter", "mode": "lines", "stackgroup": "one",
                                    "name": str(k), "x": g["t"].tolist(), "y": g["sessions"].tolist()}
@@ -632,8 +637,8 @@ def dead_tuples(rb: Runbook, ratio_warning: float = 0.20, min_dead: int = 10000)
 @step("xid_age")
 def xid_age(rb: Runbook, warning: float = 0.50, critical: float = 0.75) -> None:
     df = rb.session.frame(queries.get("xid_age"))
-    df = df.assign(share=(df["xid_age"] / WRAPAROUND).round(4))
-    present.show_table(df, "transaction ID age per database")
+    df = df.assign(share=df["xid_age"] / WRAPAROUND)
+    present.show_table(df.round({"share": 4}), "transaction ID age per database")
     r = df.iloc[0]
     sev = grade(float(r["share"]), ratio(warning), ratio(critical))
     rb.add(Finding(
@@ -641,7 +646,7 @@ def xid_age(rb: Runbook, warning: float = 0.50, critical: float = 0.75) -> None:
         f"Oldest transaction ID age: {int(r['xid_age']):,} in {r['database']} "
         f"({r['share']:.1%} of the wraparound horizon)",
         f"autovacuum_freeze_max_age is {int(r['freeze_max_age']):,}",
-        metric=Metric("xid_age_ratio", float(r["share"]), ratio(warning)),
+        metric=Metric("xid_age_ratio", round(float(r["share"]), 6), ratio(warning)),
         evidence=records(df),
         remediation="" if sev == "ok" else
         "VACUUM (FREEZE) the oldest tables; find what holds back freezing (long transactions, "
@@ -711,13 +716,14 @@ def plans(rb: Runbook, top_n: int = 5, large_table_rows: int = 10000,
             rows.append({"queryid": r["queryid"], "plan": "skipped: normalized text needs "
                          "GENERIC_PLAN (16+)", "query": text})
             continue
-        opts = ["FORMAT JSON"]
+        opts = ["VERBOSE", "FORMAT JSON"]
         if has_params:
             opts.append("GENERIC_PLAN")
         elif explain_analyze and text.lstrip().lower().startswith(("select", "with", "values", "table")):
             opts.append("ANALYZE")
         try:
-            plan = s.conn.execute(f"EXPLAIN ({', '.join(opts)}) {text}".encode()).fetchone()
+            plan = s.conn.execute(f"EXPLAIN {queries.MARKER} ({', '.join(opts)}) {text}"
+                                  .encode()).fetchone()
         except psycopg.Error as exc:
             rows.append({"queryid": r["queryid"], "plan": f"skipped: {exc.diag.message_primary}",
                          "query": text})

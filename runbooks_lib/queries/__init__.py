@@ -17,9 +17,14 @@ from importlib import resources
 
 from ..errors import SkipStep
 
+MARKER = "/* pg-runbooks */"
+
 
 class Query(str):
-    """SQL text that remembers its file name, for messages such as "skipped: activity"."""
+    """SQL text that remembers its file name, for messages such as "skipped: activity".
+
+    Every query starts with MARKER, so that our own diagnostic statements can be told apart in
+    pg_stat_statements and in the server log (and left out of the workload we measure)."""
 
     name: str
 
@@ -55,9 +60,25 @@ def get(name: str, version_num: int = 0) -> Query:
         raise KeyError(f"no query file named {name}")
     for minimum, filename in variants:
         if version_num == 0 or version_num >= minimum:
-            return Query(_read(filename), name)
+            return Query(tag(_read(filename)), name)
     oldest = variants[-1][0]
     raise SkipStep(f"{name}: needs PostgreSQL {oldest // 10000} or later")
+
+
+def tag(text: str) -> str:
+    r"""Put MARKER after the statement's first keyword: pg_stat_statements drops leading comments
+    but keeps those inside a statement.
+
+    >>> tag("-- why\nSELECT 1")
+    '-- why\nSELECT /* pg-runbooks */ 1'
+    """
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() and not line.lstrip().startswith("--"):
+            keyword, _, rest = line.partition(" ")
+            lines[i] = f"{keyword} {MARKER} {rest}".rstrip()
+            break
+    return "\n".join(lines)
 
 
 def name_of(sql: str) -> str:

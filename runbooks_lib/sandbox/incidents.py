@@ -171,11 +171,24 @@ def ddl(url: str, do: list[str], undo: list[str]) -> Iterator[None]:
                 conn.execute(sql.encode())
 
 
-def missing_index(url: str) -> AbstractContextManager[None]:
-    """The seed's verification-code lookup without its index: a hot query seq-scans the table."""
-    return ddl(url, ["DROP INDEX IF EXISTS verification_codes_email_scene_code_idx"],
-               ["CREATE INDEX IF NOT EXISTS verification_codes_email_scene_code_idx "
-                "ON verification_codes (email, scene, code)"])
+@contextmanager
+def missing_index(url: str, extra_rows: int = 20000) -> Iterator[None]:
+    """The seed's verification-code lookup without its index, on a table that has grown by
+    EXTRA_ROWS: the hot query seq-scans it and keeps the server busy."""
+    with ddl(url, ["DROP INDEX IF EXISTS verification_codes_email_scene_code_idx"],
+             ["CREATE INDEX IF NOT EXISTS verification_codes_email_scene_code_idx "
+              "ON verification_codes (email, scene, code)"]):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO verification_codes (email, scene, code) SELECT 'bulk' || i "
+                         "|| '@example.com', 'signup', '000000' FROM generate_series(1, %s) i",
+                         (extra_rows,))
+            conn.execute("ANALYZE verification_codes")
+        try:
+            yield
+        finally:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("DELETE FROM verification_codes WHERE email LIKE 'bulk%'")
+                conn.execute("VACUUM ANALYZE verification_codes")
 
 
 def verification_lookups(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -224,7 +237,10 @@ def lock_chain(url: str, application: str = "cosnap-backend") -> Iterator[LockCh
     try:
         yield LockChain(root.info.backend_pid, [w.info.backend_pid for w in waiters])
     finally:
-        root.rollback()
+        try:
+            root.rollback()
+        except psycopg.Error:
+            pass  # the runbook's action may have terminated it: that is the point
         root.close()
         for t in threads:
             t.join(timeout=30)
@@ -299,3 +315,21 @@ def dead_tuples(url: str, table: str = "comments") -> Iterator[None]:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(ident))
             conn.execute(sql.SQL("VACUUM {}").format(ident))
+
+
+@contextmanager
+def cold_reads(url: str, mb: int = 48, scans: int = 3) -> Iterator[None]:
+    """Reads from disk: a table larger than a quarter of shared_buffers is scanned through a
+    small ring buffer, so every scan reads its blocks again (the cache hit ratio drops)."""
+    rows = mb * 2**20 // 540
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS cold_archive AS "
+                     "SELECT g AS id, repeat('x', 500) AS payload FROM generate_series(1, %s) g",
+                     (rows,))
+        for _ in range(scans):
+            conn.execute("SELECT count(*) FROM cold_archive")
+    try:
+        yield
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS cold_archive")

@@ -1,0 +1,343 @@
+"""Every latency check: its incident injected for real (finding and severity asserted) and a
+healthy workload on which it stays quiet."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from runbooks_lib import latency as lat
+from runbooks_lib.findings import Finding
+from runbooks_lib.runbook import Runbook
+from runbooks_lib.sandbox import incidents as inc
+from runbooks_lib.sandbox.server import Sandbox
+
+from .conftest import findings_of, retry, run_cli
+
+SMALL = 500  # the demo tables are small: treat 500 rows as large in these tests
+
+
+@pytest.fixture
+def latency_rb(quiet: Sandbox, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runbook]]:
+    made: list[Runbook] = []
+
+    def make(role: str = "postgres", database: str = "cosnap", **kw: object) -> Runbook:
+        monkeypatch.setenv("RB_LAT_URL", quiet.url(role, database))
+        made.append(Runbook("latency", target="env:RB_LAT_URL",
+                            findings_path=str(tmp_path / "latency.findings.json"),
+                            audit_log=str(tmp_path / "audit.jsonl"), **kw))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for rb in made:
+        rb.close()
+
+
+def by_check(rb: Runbook, check: str) -> list[Finding]:
+    return [f for f in rb.report.findings if f.check == check]
+
+
+def severities(rb: Runbook) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for f in rb.report.findings:
+        out.setdefault(f.check, set()).add(f.severity)
+    return out
+
+
+def run_everything(rb: Runbook, seconds: float = 2, **kw: float) -> None:
+    lat.window(rb, seconds)
+    lat.top_queries(rb)
+    lat.slow_share(rb)
+    lat.load(rb)
+    lat.blocking(rb)
+    lat.long_running(rb)
+    lat.tables_and_indexes(rb)
+    lat.plans(rb)
+    lat.n_plus_one(rb)
+
+
+def test_healthy_workload_is_quiet(quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.workload(quiet.url("app"), inc.healthy_batch) as w:
+        run_everything(rb)
+        assert w.rounds > 10
+    bad = {c: s for c, s in severities(rb).items() if s & {"warning", "critical"}}
+    assert not bad, [f.title for f in rb.report.findings if f.severity in ("warning", "critical")]
+    assert not rb.report.errors
+    assert by_check(rb, "top_queries") or by_check(rb, "dominant_query")
+
+
+def test_missing_index_found_in_top_queries_scans_and_plans(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.missing_index(quiet.url("app")), inc.workload(quiet.url("app"),
+                                                           inc.verification_lookups):
+        lat.window(rb, 2)
+        lat.top_queries(rb)
+        lat.seq_scans(rb, SMALL)
+        out = lat.plans(rb, large_table_rows=SMALL)
+    (dom,) = by_check(rb, "dominant_query")
+    assert dom.severity == "warning" and "verification_codes" in dom.title
+    (scan,) = by_check(rb, "seq_scan")
+    assert scan.severity == "warning" and "public.verification_codes" in scan.title
+    if rb.session.facts.version_num >= 160000:
+        (plan,) = [f for f in by_check(rb, "plan_seq_scan") if "verification_codes" in f.title]
+        assert plan.severity == "warning"
+        assert "CREATE INDEX CONCURRENTLY ON public.verification_codes (email, scene, code)" \
+            in plan.remediation
+    else:
+        assert out is not None and out["plan"].str.contains("GENERIC_PLAN").any()
+
+
+def test_lock_chain_tree_has_root_and_both_waiters_at_their_depth(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.lock_chain(quiet.url("app")) as chain:
+        time.sleep(1.1)
+        tree = lat.blocking(rb, warning_s=1, critical_s=600)
+    assert tree is not None
+    depth = dict(zip(tree["pid"], tree["depth"], strict=True))
+    assert depth[chain.root] == 0
+    assert sorted(depth[p] for p in chain.waiters) == [1, 2]
+    (f,) = by_check(rb, "blocking")
+    assert f.severity == "warning"
+    assert f"pid {chain.root}" in f.title and "blocks 2 session(s)" in f.title
+    assert "2 level(s) deep" in f.title and "idle in transaction" in f.title
+
+
+def test_lock_wait_past_critical_threshold(quiet: Sandbox,
+                                           latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.lock_chain(quiet.url("app")):
+        time.sleep(1.1)
+        lat.blocking(rb, warning_s=0.2, critical_s=1)
+    assert [f.severity for f in by_check(rb, "blocking")] == ["critical"]
+
+
+def test_terminate_root_blocker_preview_then_action(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_HEADLESS", "1")
+    rb = latency_rb()
+    with inc.lock_chain(quiet.url("app")) as chain:
+        time.sleep(0.6)
+        lat.blocking(rb, warning_s=0.1, critical_s=600)
+        lat.signal_blocker(rb, "terminate", min_wait_s=0.5, allow_actions=False)
+        with psycopg.connect(quiet.url("postgres")) as c:
+            assert c.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                             (chain.root,)).fetchone() == (1,)
+        lat.signal_blocker(rb, "terminate", min_wait_s=0.5, allow_actions=True)
+
+        def root_gone() -> bool:
+            with psycopg.connect(quiet.url("postgres")) as c:
+                return c.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                 (chain.root,)).fetchone() is None
+
+        retry(root_gone, timeout=5)
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [x["decision"] for x in lines] == ["previewed", "executed"]
+    assert lines[1]["pids"] == [chain.root] and lines[1]["action"] == "terminate"
+
+
+def test_n_plus_one_is_flagged_with_evidence(quiet: Sandbox,
+                                             latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.workload(quiet.url("app"), inc.posts_then_authors, "feed-api"):
+        lat.window(rb, 2)
+        lat.n_plus_one(rb)
+    (f,) = by_check(rb, "n_plus_one")
+    assert f.severity == "warning" and "heuristic" in f.title
+    assert "FROM users WHERE id = $1" in f.title
+    ev = f.evidence[0]
+    assert "FROM posts" in ev["parent_statement"]
+    assert abs(ev["parent_rows"] - ev["calls"]) <= 0.2 * ev["calls"]
+
+
+def test_long_query_and_long_transaction(quiet: Sandbox,
+                                         latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.long_query(quiet.url("app"), 60) as pid, \
+            inc.leaking_app(quiet.url("app"), "batch-job", idle=0, idle_in_transaction=1) as held:
+        time.sleep(1.2)
+        lat.long_running(rb, query_warning_s=1, query_critical_s=600, transaction_warning_s=1,
+                         transaction_critical_s=600)
+        idle_pid = held.pids[0]
+    (q,) = [f for f in by_check(rb, "long_query") if f"pid {pid}" in f.title]
+    assert q.severity == "warning" and "report-job" in q.title and "pg_sleep" in q.detail
+    (t,) = [f for f in by_check(rb, "long_transaction") if f"pid {idle_pid}" in f.title]
+    assert t.severity == "warning" and "idle in transaction" in t.title
+
+
+def test_duplicate_and_unused_index(quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.duplicate_index(quiet.url("app")):
+        lat.duplicate_indexes(rb)
+        lat.unused_indexes(rb, min_mb=0)
+    (dup,) = by_check(rb, "duplicate_index")
+    assert dup.severity == "warning" and "posts_user_id" in dup.title
+    assert any("posts_user_id_dup_idx" in f.title for f in by_check(rb, "unused_index"))
+
+
+def test_invalid_index(quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.invalid_index(quiet.url("app")):
+        lat.invalid_indexes(rb)
+    (f,) = by_check(rb, "invalid_index")
+    assert f.severity == "warning" and "posts_user_id_unique_idx" in f.title
+
+
+def test_fk_without_index(quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    with inc.fk_without_index(quiet.url("app")):
+        lat.fk_without_index(rb)
+    (f,) = by_check(rb, "fk_without_index")
+    assert f.severity == "warning" and "comments(user_id)" in f.title
+    assert "comments_user_id_fkey" in f.title and "users" in f.detail
+    assert f.remediation == "CREATE INDEX CONCURRENTLY ON comments (user_id);"
+
+
+def test_dead_tuples_with_autovacuum_disabled(quiet: Sandbox,
+                                              latency_rb: Callable[..., Runbook]) -> None:
+    with inc.dead_tuples(quiet.url("app"), "comments"):
+        def found() -> Finding | None:
+            rb = latency_rb()
+            lat.dead_tuples(rb, ratio_warning=0.2, min_dead=1000)
+            hits = [f for f in by_check(rb, "dead_tuples") if "public.comments" in f.title]
+            return hits[0] if hits else None
+
+        f = retry(found, timeout=10, interval=0.5)
+    assert f is not None
+    assert f.severity == "warning" and "autovacuum is disabled" in f.title
+    assert "RESET (autovacuum_enabled)" in f.remediation
+
+
+def test_cache_hit_ratio_drops_with_disk_reads(quiet: Sandbox,
+                                               latency_rb: Callable[..., Runbook]) -> None:
+    with inc.cold_reads(quiet.url("app")):
+        rb = latency_rb()
+        lat.cache_hit(rb, warning=0.9999, min_blocks=1000)
+    (f,) = by_check(rb, "cache_hit_table")
+    assert f.severity == "warning" and f.metric is not None
+    assert f.metric.value is not None and f.metric.value < 0.9999
+    assert f.evidence[0]["table"] == "cold_archive"
+
+
+def test_xid_age_thresholds(latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb()
+    lat.xid_age(rb)
+    lat.xid_age(rb, warning=1e-9, critical=0.75)
+    assert [f.severity for f in by_check(rb, "xid_age")] == ["ok", "warning"]
+
+
+def test_slow_share_from_the_server_log(quiet: Sandbox,
+                                        latency_rb: Callable[..., Runbook]) -> None:
+    def slow_and_fast(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        conn.execute("SELECT pg_sleep(0.3)")
+        for _ in range(3):
+            conn.execute("SELECT 1")
+
+    rb = latency_rb()
+    with inc.workload(quiet.url("app"), slow_and_fast, "slow-api"):
+        lat.window(rb, 2)
+    time.sleep(0.5)  # the logging collector writes asynchronously
+    out = lat.slow_share(rb, "auto", slow_query_ms=250, slow_query_share_warning=0.10)
+    assert out is not None and "server log directory" in out["source"]
+    (f,) = by_check(rb, "slow_query_share")
+    assert f.severity == "warning", f.title
+    assert f.metric is not None and 0.15 < float(f.metric.value or 0) < 0.35  # ~1 in 4 calls
+
+
+def test_p95_when_every_statement_is_logged_read_from_files(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
+        c.execute("ALTER DATABASE cosnap SET log_min_duration_statement = 0")
+    try:
+        rb = latency_rb()
+        with inc.workload(quiet.url("app"), inc.healthy_batch):
+            lat.window(rb, 1.5)
+        time.sleep(0.5)
+        pattern = str(quiet.log_dir / ("*.json" if quiet.major >= 15 else "*.csv"))
+        out = lat.slow_share(rb, pattern, slow_query_ms=2000, p95_target_ms=0.001)
+    finally:
+        with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
+            c.execute("ALTER DATABASE cosnap RESET log_min_duration_statement")
+    assert out is not None and out["logged"] > 50 and out["source"] == pattern
+    (p95,) = by_check(rb, "p95_latency")
+    assert p95.severity == "warning" and "p95 statement time" in p95.title
+
+
+def test_durations_not_logged_is_not_guessed(quiet: Sandbox,
+                                             latency_rb: Callable[..., Runbook]) -> None:
+    with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
+        c.execute("ALTER DATABASE cosnap SET log_min_duration_statement = -1")
+    try:
+        rb = latency_rb()
+        lat.slow_share(rb)
+    finally:
+        with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
+            c.execute("ALTER DATABASE cosnap RESET log_min_duration_statement")
+    assert not by_check(rb, "slow_query_share")
+    assert any(s.check == "slow_share" and "not measurable" in s.reason for s in rb.report.skipped)
+
+
+def test_monitor_role_degrades_with_reasons(quiet: Sandbox,
+                                            latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb(role="monitor")
+    with inc.lock_chain(quiet.url("app")) as chain:
+        lat.window(rb, 1)
+        lat.top_queries(rb)
+        lat.slow_share(rb)
+        tree = lat.blocking(rb, warning_s=0, critical_s=600)
+        lat.tables_and_indexes(rb)
+    assert not rb.report.errors
+    assert tree is not None and chain.root in set(tree["pid"])
+    assert any(s.check == "slow_share" and "pg_read_server_files" in s.reason
+               for s in rb.report.skipped)
+
+
+def test_without_pg_stat_statements_skips_and_falls_back(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb(database="postgres")  # the extension exists only in cosnap
+    with inc.long_query(quiet.url("app"), 30):
+        lat.window(rb, 1)
+        lat.top_queries(rb)
+        lat.n_plus_one(rb)
+    reasons = {s.check: s.reason for s in rb.report.skipped}
+    assert "CREATE EXTENSION pg_stat_statements" in reasons["top_queries"]
+    assert "n_plus_one" in reasons and not rb.report.errors
+
+
+def test_catalog_checks_do_not_wait_behind_an_exclusive_lock(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    locker = psycopg.connect(quiet.url("app"))
+    locker.execute("LOCK TABLE comments IN ACCESS EXCLUSIVE MODE")
+    try:
+        rb = latency_rb()
+        started = time.monotonic()
+        lat.tables_and_indexes(rb)
+        elapsed = time.monotonic() - started
+    finally:
+        locker.rollback()
+        locker.close()
+    assert not rb.report.errors and not [s for s in rb.report.skipped if "locked" in s.reason]
+    assert elapsed < 5, "no catalog query may wait behind the lock"
+
+
+@pytest.mark.slow
+def test_latency_notebook_headless(quiet: Sandbox, tmp_path: Path) -> None:
+    with inc.missing_index(quiet.url("app")), inc.workload(quiet.url("app"),
+                                                           inc.verification_lookups):
+        proc = run_cli("run", "latency", "--out", str(tmp_path), "-p", "sample_seconds=2",
+                       "-p", f"large_table_rows={SMALL}",
+                       env={"DATABASE_URL": quiet.url("monitor")})
+    assert proc.returncode in (1, 2), proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "latency.findings.json").read_text())
+    assert not data["errors"], data["errors"]
+    assert findings_of(data, "seq_scan")[0]["severity"] == "warning"
+    assert (tmp_path / "latency.html").exists()
