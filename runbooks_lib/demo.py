@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,27 @@ EXPECTED = [
     Expect("connectivity", "idle_in_transaction", "warning", APP),
     Expect("connectivity", "leak_suspect", "warning", APP),
     Expect("connectivity", "pool_overflow", "warning", APP),
+    Expect("latency", "seq_scan", "warning", "verification_codes"),
+    Expect("latency", "plan_seq_scan", "warning", "verification_codes"),
+    Expect("latency", "blocking", "warning", APP),
+    Expect("latency", "n_plus_one", "warning", "users"),
+    Expect("latency", "duplicate_index", "warning", "posts_user_id_dup_idx"),
+    Expect("latency", "fk_without_index", "warning", "comments_user_id_fkey"),
+    Expect("latency", "dead_tuples", "warning", "comment_likes"),
 ]
+PARAMS = {
+    # connectivity: the demo's incident is seconds old, so its thresholds are seconds
+    "replicas": "3",
+    "idle_in_transaction_warning_s": "2",
+    "leak_idle_age_s": "2",
+    "terminate_application": APP,
+    "terminate_idle_s": "2",
+    # latency: the demo's tables are small, so "large" is 500 rows
+    "sample_seconds": "5",
+    "large_table_rows": "500",
+    "blocking_warning_s": "2",
+    "dead_tuples_min": "1000",
+}
 
 
 def missed(out: Path, expected: list[Expect]) -> list[str]:
@@ -65,18 +86,24 @@ def main(out: Path | None = None, bin_dir: str | None = None) -> int:
     rows = demo_data.load(sb.url("app"))
     print(f"PostgreSQL {sb.major} on 127.0.0.1:{sb.port}; demo app loaded "
           f"({rows['users']} users, {rows['posts']} posts, {rows['comments']} comments)")
-    app_url = sb.url("app", connection_limit="5", pool_timeout="60")
-    print(f"injecting: {APP} leaks 80 idle connections and 5 idle in transaction "
-          "(15 PrismaClient instances, pool 5)", flush=True)
-    with incidents.leaking_app(sb.url("app"), APP, idle=80, idle_in_transaction=5):
-        time.sleep(2.5)  # let the incident age past the demo's thresholds
-        code, summary = report.run(["connectivity"], app_url, out, {
-            "replicas": "3",
-            "idle_in_transaction_warning_s": "2",
-            "leak_idle_age_s": "2",
-            "terminate_application": APP,
-            "terminate_idle_s": "2",
-        })
+    app, app_url = sb.url("app"), sb.url("app", connection_limit="5", pool_timeout="60")
+    with ExitStack() as stack:
+        print(f"injecting: {APP} leaks 80 idle connections and 5 idle in transaction "
+              "(15 PrismaClient instances, pool 5)", flush=True)
+        stack.enter_context(incidents.leaking_app(app, APP, idle=80, idle_in_transaction=5))
+        print("injecting: verification_codes lost its index under a hot lookup; a posts-then-"
+              "authors N+1 loop; a row lock held idle in transaction with two waiters; a "
+              "duplicate index; an unindexed foreign key; dead tuples with autovacuum off",
+              flush=True)
+        stack.enter_context(incidents.missing_index(app))
+        stack.enter_context(incidents.workload(app, incidents.verification_lookups, APP))
+        stack.enter_context(incidents.workload(app, incidents.posts_then_authors, APP))
+        stack.enter_context(incidents.lock_chain(app, APP))
+        stack.enter_context(incidents.duplicate_index(app))
+        stack.enter_context(incidents.fk_without_index(app))
+        stack.enter_context(incidents.dead_tuples(app, "comment_likes"))
+        time.sleep(2.5)  # let the incidents age past the demo's thresholds
+        code, summary = report.run(["connectivity", "latency"], app_url, out, PARAMS)
     for rb in summary["runbooks"]:
         data = json.loads((out / rb["files"]["findings"]).read_text())
         print(f"\n{rb['name']}: {rb['status']} (exit {rb['exit_code']})")
@@ -84,7 +111,8 @@ def main(out: Path | None = None, bin_dir: str | None = None) -> int:
             if f["severity"] != "ok":
                 print(f"  [{f['severity']}] {f['title']}")
     problems = missed(out, EXPECTED)
-    print(f"\nreport: {(out / 'connectivity.html').resolve()}")
+    for rb in summary["runbooks"]:
+        print(f"\nreport: {(out / rb['files']['html']).resolve()}")
     print(f"summary: {(out / 'summary.json').resolve()}  (run exit status {code})")
     if problems:
         print("\nDEMO FAILED: " + "; ".join(problems))

@@ -97,11 +97,32 @@ def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     merged = merged.drop(columns=[f"{c}_before" for c in COUNTERS])
     ours = merged["query"].str.contains(queries.MARKER, regex=False)
     merged = merged[(merged["calls"] > 0) & ~ours].copy()
+    merged = _fold_hidden(merged)
+    for c in COUNTERS:
+        if c != "total_exec_time":
+            merged[c] = merged[c].astype("int64")
     merged["mean_ms"] = merged["total_exec_time"] / merged["calls"]
     merged["rows_per_call"] = merged["rows"] / merged["calls"]
     total = merged["total_exec_time"].sum()
     merged["time_share"] = merged["total_exec_time"] / total if total > 0 else 0.0
     return merged.sort_values("total_exec_time", ascending=False)
+
+
+HIDDEN = "<insufficient privilege>"
+
+
+def _fold_hidden(df: pd.DataFrame) -> pd.DataFrame:
+    """Statements of other roles whose text we may not read, folded into one row per role (their
+    time still counts in the shares)."""
+    hidden = df["query"] == HIDDEN
+    if not hidden.any():
+        return df
+    folded = (df[hidden].groupby(["userid", "dbid", "user", "database", "current_db"],
+                                 dropna=False)[COUNTERS].sum().reset_index())
+    folded["queryid"] = -folded["userid"]
+    folded["query"] = (f"{HIDDEN}: statements of role " + folded["user"].astype(str)
+                       + " (grant pg_read_all_stats to see them)")
+    return pd.concat([df[~hidden], folded], ignore_index=True)
 
 
 def _window_statements(rb: Runbook) -> pd.DataFrame:
@@ -139,10 +160,11 @@ def top_queries(rb: Runbook, dominant_share: float = 0.30, slow_query_ms: float 
                          total_exec_time=delta["total_exec_time"].round(1),
                          mean_ms=delta["mean_ms"].round(2))
     for col, title in (("total_exec_time", "total time"), ("mean_ms", "mean time"),
-                       ("calls", "calls"), ("rows", "rows"), ("shared_blks_read", "blocks read"),
+                       ("calls", "calls"), ("shared_blks_read", "blocks read from disk"),
                        ("temp_blks_written", "temp blocks written")):
-        present.show_table(shown.sort_values(col, ascending=False)[SHOWN].head(10),
-                           f"top statements in the last {w:.0f} s by {title}")
+        if shown[col].sum() > 0:
+            present.show_table(shown.sort_values(col, ascending=False)[SHOWN].head(10),
+                               f"top statements in the last {w:.0f} s by {title}")
     lifetime = rb.data["stmts_after"].assign(
         mean_ms=lambda d: (d["total_exec_time"] / d["calls"].clip(lower=1)).round(2))
     present.show_table(lifetime.sort_values("total_exec_time", ascending=False)
@@ -702,7 +724,7 @@ def plans(rb: Runbook, top_n: int = 5, large_table_rows: int = 10000,
           explain_analyze: bool = False) -> pd.DataFrame:
     s = rb.session
     delta = _window_statements(rb)
-    here = delta[delta["current_db"] & delta["query"].str.match(_EXPLAINABLE)]
+    here = delta[delta["current_db"].astype(bool) & delta["query"].str.match(_EXPLAINABLE)]
     generic = s.facts.version_num >= 160000
     hypopg = "hypopg" in s.facts.extensions
     if not hypopg:

@@ -341,3 +341,21 @@ def test_latency_notebook_headless(quiet: Sandbox, tmp_path: Path) -> None:
     assert not data["errors"], data["errors"]
     assert findings_of(data, "seq_scan")[0]["severity"] == "warning"
     assert (tmp_path / "latency.html").exists()
+
+
+def test_other_roles_hidden_statements_are_folded_per_role(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    rb = latency_rb(role="app")  # no pg_read_all_stats: other roles' texts are hidden
+
+    def admin_batch(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        conn.execute("SELECT count(*) FROM pg_class")
+        conn.execute("SELECT count(*) FROM pg_attribute")
+
+    with inc.workload(quiet.url("postgres"), admin_batch, "admin-script"):
+        lat.window(rb, 1)
+        shown = lat.top_queries(rb)
+    assert shown is not None
+    folded = shown[shown["query"].str.startswith("<insufficient privilege>")]
+    assert list(folded["query"]) == ["<insufficient privilege>: statements of role postgres "
+                                     "(grant pg_read_all_stats to see them)"]
+    assert int(folded["calls"].iloc[0]) >= 10
