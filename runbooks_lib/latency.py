@@ -112,8 +112,8 @@ HIDDEN = "<insufficient privilege>"
 
 
 def _fold_hidden(df: pd.DataFrame) -> pd.DataFrame:
-    """Statements of other roles whose text we may not read, folded into one row per role (their
-    time still counts in the shares)."""
+    """Statements of other roles whose text we may not read, folded into one row per role and
+    database (their time still counts in the shares)."""
     hidden = df["query"] == HIDDEN
     if not hidden.any():
         return df
