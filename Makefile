@@ -24,6 +24,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/latency_catalog.py
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet jupyterlab

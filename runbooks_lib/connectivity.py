@@ -169,27 +169,28 @@ def reachability(rb: Runbook, attempts: int = 3, connect_warning_s: float = 1.0)
 
 def activity(rb: Runbook) -> pd.DataFrame:
     """Client sessions, fetched once per run and shared by the steps below."""
-    if "activity" not in rb.data:
+
+    def fetch() -> pd.DataFrame:
         s = rb.session
         snap = s.frame(queries.get("activity", s.facts.version_num))
         snap["age_bucket"] = pd.cut(snap["conn_age_s"].astype(float),
-                                  bins=[b[0] for b in AGE_BUCKETS] + [math.inf],
-                                  labels=[b[2] for b in AGE_BUCKETS])
-        rb.data["activity"] = snap
+                                    bins=[b[0] for b in AGE_BUCKETS] + [math.inf],
+                                    labels=[b[2] for b in AGE_BUCKETS])
         if not s.facts.sees_all_sessions:
             rb.skip("visibility", f"role {s.facts.current_user} lacks pg_read_all_stats: other "
                     "roles' client addresses and queries are hidden; grant pg_monitor")
-    df: pd.DataFrame = rb.data["activity"]
-    return df
+        return snap
+
+    return rb.cached("activity", fetch)
 
 
 def slots(rb: Runbook) -> dict[str, int]:
-    if "slots" not in rb.data:
+    def fetch() -> dict[str, int]:
         row = rb.session.row(queries.get("connection_slots"))
         row["available"] = row["max_connections"] - row["superuser_reserved"] - row["reserved"]
-        rb.data["slots"] = {k: int(v) for k, v in row.items()}
-    out: dict[str, int] = rb.data["slots"]
-    return out
+        return {k: int(v) for k, v in row.items()}
+
+    return rb.cached("slots", fetch)
 
 
 # -- step 3: usage ---------------------------------------------------------------------------

@@ -55,16 +55,18 @@ def _statements(s: Session) -> pd.DataFrame:
 
 
 @step("window")
-def window(rb: Runbook, sample_seconds: float = 10, interval_s: float = 0.1) -> dict[str, Any]:
-    """Two snapshots SAMPLE_SECONDS apart (statements, table counters) and, in between,
-    pg_stat_activity sampled every INTERVAL_S: the data of steps 1, 3, 6 and 8."""
+def window(rb: Runbook, sample_seconds: float = 10, large_table_rows: int = 10000,
+           interval_s: float = 0.1) -> dict[str, Any]:
+    """Two snapshots SAMPLE_SECONDS apart (statements, table counters of the tables of
+    LARGE_TABLE_ROWS or more) and, in between, pg_stat_activity sampled every INTERVAL_S: the
+    data of steps 1, 3, 6 and 8."""
     s = rb.session
     data = rb.data
     try:
         data["stmts_before"] = _statements(s)
     except SkipStep as exc:
         data["stmts_skip"] = str(exc)
-    data["tables_before"] = s.frame(queries.get("table_stats"))
+    data["tables_before"] = s.frame(queries.get("table_scans"), {"min_rows": large_table_rows})
     sample_sql = queries.get("wait_sample")
     started = time.monotonic()
     data["window_start"] = dt.datetime.now(dt.UTC)
@@ -81,7 +83,7 @@ def window(rb: Runbook, sample_seconds: float = 10, interval_s: float = 0.1) -> 
     data["window_s"] = time.monotonic() - started
     if "stmts_skip" not in data:
         data["stmts_after"] = _statements(s)
-    data["tables_after"] = s.frame(queries.get("table_stats"))
+    data["tables_after"] = _table_stats(s)
     present.show_text(f"sampled {data['window_s']:.1f} s: {n} activity samples")
     return {"window_s": data["window_s"], "samples": n}
 
@@ -130,10 +132,8 @@ def _window_statements(rb: Runbook) -> pd.DataFrame:
         raise SkipStep(rb.data["stmts_skip"])
     if "stmts_after" not in rb.data:
         raise SkipStep("no sampling window: run the window step first")
-    if "stmts_delta" not in rb.data:
-        rb.data["stmts_delta"] = statement_delta(rb.data["stmts_before"], rb.data["stmts_after"])
-    df: pd.DataFrame = rb.data["stmts_delta"]
-    return df
+    return rb.cached("stmts_delta", lambda: statement_delta(rb.data["stmts_before"],
+                                                            rb.data["stmts_after"]))
 
 
 # -- step 1: top queries now -----------------------------------------------------------------
@@ -467,16 +467,38 @@ def long_running(rb: Runbook, query_warning_s: float = 60, query_critical_s: flo
 
 # -- step 6: tables and indexes --------------------------------------------------------------
 
+def reloption(options: list[str] | None, name: str) -> str | None:
+    """One storage parameter from pg_class.reloptions ('autovacuum_enabled=false', ...)."""
+    for opt in options or []:
+        key, _, value = opt.partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _table_stats(s: Session) -> pd.DataFrame:
+    df = s.frame(queries.get("table_stats"))
+    st = s.facts.settings
+    opts = df["reloptions"]
+    df["autovacuum_enabled"] = [reloption(o, "autovacuum_enabled") or "true" for o in opts]
+    df["vacuum_scale_factor"] = [float(reloption(o, "autovacuum_vacuum_scale_factor")
+                                       or st.get("autovacuum_vacuum_scale_factor", "0.2"))
+                                 for o in opts]
+    df["vacuum_threshold"] = [float(reloption(o, "autovacuum_vacuum_threshold")
+                                    or st.get("autovacuum_vacuum_threshold", "50")) for o in opts]
+    return df
+
+
 def _tables(rb: Runbook) -> pd.DataFrame:
     if "tables_after" not in rb.data:
-        rb.data["tables_after"] = rb.session.frame(queries.get("table_stats"))
+        rb.data["tables_after"] = _table_stats(rb.session)
     df: pd.DataFrame = rb.data["tables_after"]
     before = rb.data.get("tables_before")
     if before is not None and "seq_scan_window" not in df:
         m = df.merge(before[["relid", *TABLE_COUNTERS]], on="relid", how="left",
                      suffixes=("", "_before"))
-        for c in TABLE_COUNTERS:
-            df[f"{c}_window"] = (m[c] - m[f"{c}_before"].fillna(0)).clip(lower=0).values
+        for c in TABLE_COUNTERS:  # tables outside the first snapshot (small ones) count 0
+            df[f"{c}_window"] = (m[c] - m[f"{c}_before"]).fillna(0).clip(lower=0).values
     return df
 
 
@@ -563,10 +585,22 @@ def fk_without_index(rb: Runbook, min_rows: int = 0) -> pd.DataFrame:
 
 
 def _indexes(rb: Runbook) -> pd.DataFrame:
-    if "indexes" not in rb.data:
-        rb.data["indexes"] = rb.session.frame(queries.get("index_stats"))
-    df: pd.DataFrame = rb.data["indexes"]
-    return df
+    return rb.cached("indexes", lambda: rb.session.frame(queries.get("index_stats")))
+
+
+def with_definitions(rb: Runbook, ix: pd.DataFrame) -> pd.DataFrame:
+    """IX (a few reported indexes) with their definitions, assembled from the catalogs."""
+    if ix.empty:
+        return ix.assign(definition=pd.Series(dtype=str))
+    cols = rb.session.frame(queries.get("index_columns"),
+                            {"oids": [int(o) for o in ix["indexrelid"]]})
+    names = dict(zip(cols["indexrelid"], cols["columns"], strict=True))
+    return ix.assign(definition=[
+        f"CREATE {'UNIQUE ' if u else ''}INDEX {i} ON {s}.{t} USING {m} "
+        f"({', '.join(names.get(o, []))})" + (f" WHERE {p}" if p else "")
+        for o, u, i, s, t, m, p in zip(ix["indexrelid"], ix["is_unique"], ix["index"],
+                                       ix["schema"], ix["table"], ix["method"], ix["predicate"],
+                                       strict=True)])
 
 
 @step("unused_indexes")
@@ -574,16 +608,17 @@ def unused_indexes(rb: Runbook, min_mb: float = 10) -> None:
     ix = _indexes(rb)
     unused = ix[(ix["idx_scan"] == 0) & ~ix["is_unique"] & ~ix["is_primary"]
                 & ~ix["backs_constraint"] & (ix["size_bytes"] >= min_mb * 2**20)]
+    unused = with_definitions(rb, unused.sort_values("size_bytes", ascending=False).head(20))
     found = [Finding(
         "unused_index", "warning",
         f"Unused index {r['schema']}.{r['index']} on {r['table']} ({_mb(r['size_bytes'])}, 0 scans)",
         f"{r['definition']}. It slows every write and costs memory; 0 scans since the stats reset "
         "(check replicas before dropping: their scans are not counted here)",
         metric=Metric("index_size_bytes", int(r["size_bytes"]), int(min_mb * 2**20)),
-        evidence=records(ix.loc[[i], ["schema", "table", "index", "size_bytes", "idx_scan",
-                                      "definition"]]),
+        evidence=records(unused.loc[[i], ["schema", "table", "index", "size_bytes", "idx_scan",
+                                          "definition"]]),
         remediation=f"DROP INDEX CONCURRENTLY {r['schema']}.{r['index']};")
-        for i, r in unused.sort_values("size_bytes", ascending=False).head(20).iterrows()]
+        for i, r in unused.iterrows()]
     rb.add(found or [Finding("unused_index", "ok",
                              f"No unused index of {min_mb:g} MB or more")])
 
@@ -594,7 +629,8 @@ def duplicate_indexes(rb: Runbook) -> None:
     keyed = ix.assign(key=ix["indrelid"].astype(str) + "|" + ix["indkey"] + "|" + ix["indclass"]
                       + "|" + ix["expressions"] + "|" + ix["predicate"])
     found = []
-    for _, group in keyed[keyed.duplicated("key", keep=False)].groupby("key"):
+    dups = with_definitions(rb, keyed[keyed.duplicated("key", keep=False)])
+    for _, group in dups.groupby("key"):
         keep = group.sort_values(["is_primary", "is_unique", "backs_constraint", "idx_scan"],
                                  ascending=False).iloc[0]
         for _, r in group[group["indexrelid"] != keep["indexrelid"]].iterrows():
@@ -612,13 +648,13 @@ def duplicate_indexes(rb: Runbook) -> None:
 @step("invalid_indexes")
 def invalid_indexes(rb: Runbook) -> None:
     ix = _indexes(rb)
-    bad = ix[~ix["is_valid"]]
+    bad = with_definitions(rb, ix[~ix["is_valid"]])
     found = [Finding(
         "invalid_index", "warning",
         f"Invalid index {r['schema']}.{r['index']} on {r['table']}",
         "left by a failed CREATE INDEX CONCURRENTLY or REINDEX: the planner ignores it, writes "
         f"still maintain it. {r['definition']}",
-        evidence=records(ix.loc[[i], ["schema", "table", "index", "definition"]]),
+        evidence=records(bad.loc[[i], ["schema", "table", "index", "definition"]]),
         remediation=f"DROP INDEX CONCURRENTLY {r['schema']}.{r['index']}; then create it again")
         for i, r in bad.iterrows()]
     rb.add(found or [Finding("invalid_index", "ok", "No invalid index")])

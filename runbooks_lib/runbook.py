@@ -150,6 +150,20 @@ class Runbook:
         assert self._session is not None
         return self._session
 
+    def cached(self, key: str, compute: Callable[[], R]) -> R:
+        """COMPUTE once per run and share it between steps; a SkipStep is remembered too, so a
+        slow query that timed out is not retried by every step that needs it."""
+        if key not in self.data:
+            try:
+                self.data[key] = compute()
+            except SkipStep as exc:
+                self.data[key] = exc
+        value = self.data[key]
+        if isinstance(value, SkipStep):
+            raise SkipStep(str(value))
+        result: R = value
+        return result
+
     def close(self) -> None:
         if self._first is not None:  # an attempt no step used
             first, self._first = self._first.wait(), None

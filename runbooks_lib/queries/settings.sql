@@ -8,4 +8,5 @@ SELECT name, setting
                 'log_destination', 'logging_collector', 'log_directory', 'log_filename',
                 'log_line_prefix', 'log_min_duration_statement', 'log_lock_waits',
                 'log_connections', 'log_disconnections', 'shared_preload_libraries',
-                'track_io_timing', 'data_directory', 'tcp_keepalives_idle');
+                'track_io_timing', 'data_directory', 'tcp_keepalives_idle',
+                'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold');
