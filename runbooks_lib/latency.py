@@ -584,10 +584,6 @@ def fk_without_index(rb: Runbook, min_rows: int = 0) -> pd.DataFrame:
     return df
 
 
-def _indexes(rb: Runbook) -> pd.DataFrame:
-    return rb.cached("indexes", lambda: rb.session.frame(queries.get("index_stats")))
-
-
 def with_definitions(rb: Runbook, ix: pd.DataFrame) -> pd.DataFrame:
     """IX (a few reported indexes) with their definitions, assembled from the catalogs."""
     if ix.empty:
@@ -605,10 +601,8 @@ def with_definitions(rb: Runbook, ix: pd.DataFrame) -> pd.DataFrame:
 
 @step("unused_indexes")
 def unused_indexes(rb: Runbook, min_mb: float = 10) -> None:
-    ix = _indexes(rb)
-    unused = ix[(ix["idx_scan"] == 0) & ~ix["is_unique"] & ~ix["is_primary"]
-                & ~ix["backs_constraint"] & (ix["size_bytes"] >= min_mb * 2**20)]
-    unused = with_definitions(rb, unused.sort_values("size_bytes", ascending=False).head(20))
+    unused = rb.session.frame(queries.get("unused_indexes"), {"min_bytes": int(min_mb * 2**20)})
+    unused = with_definitions(rb, unused.head(20))
     found = [Finding(
         "unused_index", "warning",
         f"Unused index {r['schema']}.{r['index']} on {r['table']} ({_mb(r['size_bytes'])}, 0 scans)",
@@ -625,11 +619,8 @@ def unused_indexes(rb: Runbook, min_mb: float = 10) -> None:
 
 @step("duplicate_indexes")
 def duplicate_indexes(rb: Runbook) -> None:
-    ix = _indexes(rb)
-    keyed = ix.assign(key=ix["indrelid"].astype(str) + "|" + ix["indkey"] + "|" + ix["indclass"]
-                      + "|" + ix["expressions"] + "|" + ix["predicate"])
+    dups = with_definitions(rb, rb.session.frame(queries.get("duplicate_indexes")))
     found = []
-    dups = with_definitions(rb, keyed[keyed.duplicated("key", keep=False)])
     for _, group in dups.groupby("key"):
         keep = group.sort_values(["is_primary", "is_unique", "backs_constraint", "idx_scan"],
                                  ascending=False).iloc[0]
@@ -647,8 +638,7 @@ def duplicate_indexes(rb: Runbook) -> None:
 
 @step("invalid_indexes")
 def invalid_indexes(rb: Runbook) -> None:
-    ix = _indexes(rb)
-    bad = with_definitions(rb, ix[~ix["is_valid"]])
+    bad = with_definitions(rb, rb.session.frame(queries.get("invalid_indexes")))
     found = [Finding(
         "invalid_index", "warning",
         f"Invalid index {r['schema']}.{r['index']} on {r['table']}",
