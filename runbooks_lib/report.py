@@ -167,6 +167,9 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
         data = load(findings_path)
     else:
         data = Report(runbook=name, target=target_shown).to_dict()
+        if failure is None:
+            failure = StepError("notebook", f"{name} wrote no findings to {findings_path}: its "
+                                "Runbook(...) must get findings_path from the parameters cell")
     if failure is not None:
         data.setdefault("errors", []).append({"step": failure.step, "message": failure.message})
     data["duration_s"] = round(time.monotonic() - started, 3)
@@ -319,7 +322,7 @@ def run(names: list[str], target: str, out: Path | None = None,
     unknown = [n for n in names if n not in books]
     if unknown:
         raise SystemExit(f"unknown runbook(s): {', '.join(unknown)}; see `runbooks list`")
-    out = out or default_out_dir()
+    out = (out or default_out_dir()).resolve()  # the kernel runs with cwd=out: no relative paths
     out.mkdir(parents=True, exist_ok=True)
     given = {**(params or {}), "target": (params or {}).get("target", target)}
     safe, env = hide_secrets(given)

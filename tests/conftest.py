@@ -102,11 +102,11 @@ def runbook(quiet: Sandbox, tmp_path: Path,
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+            timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """`runbooks ARGS` in a subprocess, as a scheduler would call it."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.run([sys.executable, "-m", "runbooks_lib", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=ROOT)
+                          text=True, env=full_env, timeout=timeout, cwd=cwd)
 
 
 def findings_of(data: dict[str, Any], check: str) -> list[dict[str, Any]]:

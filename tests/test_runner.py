@@ -196,3 +196,33 @@ def test_missing_target_variable_means_could_not_run(tmp_path: Path) -> None:
     (err,) = data["errors"]
     assert err["step"] == "target" and "DATABASE_URL is not set" in err["message"]
     assert "could not run" in (tmp_path / "connectivity.html").read_text()
+
+
+def test_relative_out_dir_and_default_out_dir(quiet: Sandbox, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": quiet.url("monitor")}
+    with incidents.leaking_app(quiet.url("app"), "leaky-api", idle=23):  # 85 %: a warning
+        proc = run_cli("run", "connectivity", "--out", "rel/out", env=env, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert outputs(tmp_path / "rel" / "out")["status"] == "warning"
+        proc = run_cli("run", "connectivity", env=env, cwd=tmp_path)  # reports/<timestamp>/
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+    (default,) = (tmp_path / "reports").iterdir()
+    assert outputs(default)["status"] == "warning"
+
+
+def test_a_notebook_that_writes_no_findings_could_not_run(tmp_path: Path) -> None:
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell('findings_path: str = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Forgetful"), params,
+                nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, nbdir / "forgetful.ipynb")
+    proc = run_cli("run", "forgetful", "--out", str(tmp_path / "out"),
+                   env={"RUNBOOKS_NOTEBOOK_DIR": str(nbdir)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    (err,) = outputs(tmp_path / "out", "forgetful")["errors"]
+    assert "wrote no findings" in err["message"]
