@@ -19,9 +19,8 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.latency_catalog import SUM_OURS, run_ours
+from benchmarks.latency_catalog import SUM_OURS, big_catalog_sandbox, run_ours
 from runbooks_lib.queries import MARKER
-from runbooks_lib.sandbox import demo, server
 
 BUILD = """
 DO $$ BEGIN
@@ -39,13 +38,7 @@ def main() -> int:
     base = Path(args.dir)
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
-    sb = server.start(base, max_connections=50)
-    demo.load(sb.url("app"))
-    with psycopg.connect(sb.url("postgres"), autocommit=True) as c:
-        c.execute("ALTER SYSTEM SET max_locks_per_transaction = 2048")
-        c.execute("ALTER SYSTEM SET pg_stat_statements.max = 10000")
-    server.stop(base)
-    sb = server.start(base, max_connections=50)
+    sb = big_catalog_sandbox(base)
     with psycopg.connect(sb.url("postgres"), autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS scale")
         row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'scale'").fetchone()

@@ -843,3 +843,27 @@ def n_plus_one(rb: Runbook, min_calls: int = 100, max_rows_per_call: float = 1.5
     present.show_table(out, "N+1 suspects (heuristic)")
     rb.add(found or [Finding("n_plus_one", "ok", "No N+1 pattern in the window")])
     return out
+
+
+# -- the whole runbook, for scripts, tests and benchmarks ------------------------------------
+
+def run_all(rb: Runbook, sample_seconds: float = 10, **p: Any) -> dict[str, Any]:
+    """All steps with notebook-style parameters (the notebook calls them one per cell)."""
+    large = p.get("large_table_rows", 10000)
+    window(rb, sample_seconds, large)
+    top_queries(rb, p.get("dominant_share", 0.30), p.get("slow_query_ms", 2000))
+    slow_share(rb, p.get("log_source", "auto"), p.get("slow_query_ms", 2000),
+               p.get("slow_query_share_warning", 0.10), p.get("p95_target_ms", 200),
+               p.get("since", ""))
+    load(rb, p.get("lock_share_warning", 0.5))
+    blocking(rb, p.get("blocking_warning_s", 60), p.get("blocking_critical_s", 120))
+    long_running(rb, p.get("long_query_warning_s", 60), p.get("long_query_critical_s", 600),
+                 p.get("long_transaction_warning_s", 3600),
+                 p.get("long_transaction_critical_s", 14400))
+    tables_and_indexes(rb, large, p.get("cache_hit_warning", 0.99),
+                       p.get("unused_index_min_mb", 10), p.get("dead_tuple_ratio_warning", 0.20),
+                       p.get("dead_tuples_min", 10000), p.get("xid_age_warning", 0.50),
+                       p.get("xid_age_critical", 0.75))
+    plans(rb, p.get("plans_top_n", 5), large, p.get("explain_analyze", False))
+    n_plus_one(rb, p.get("n_plus_one_min_calls", 100))
+    return rb.finish()

@@ -50,22 +50,10 @@ def severities(rb: Runbook) -> dict[str, set[str]]:
     return out
 
 
-def run_everything(rb: Runbook, seconds: float = 2, **kw: float) -> None:
-    lat.window(rb, seconds)
-    lat.top_queries(rb)
-    lat.slow_share(rb)
-    lat.load(rb)
-    lat.blocking(rb)
-    lat.long_running(rb)
-    lat.tables_and_indexes(rb)
-    lat.plans(rb)
-    lat.n_plus_one(rb)
-
-
 def test_healthy_workload_is_quiet(quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
     rb = latency_rb()
     with inc.workload(quiet.url("app"), inc.healthy_batch) as w:
-        run_everything(rb)
+        lat.run_all(rb, 2)
         assert w.rounds > 10
     bad = {c: s for c, s in severities(rb).items() if s & {"warning", "critical"}}
     assert not bad, [f.title for f in rb.report.findings if f.severity in ("warning", "critical")]

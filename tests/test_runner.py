@@ -142,17 +142,21 @@ def test_report_escapes_what_came_from_the_database(quiet: Sandbox, tmp_path: Pa
     assert evil in usage["detail"], "the JSON keeps the raw name; only HTML escapes"
 
 
-def test_a_runbook_failing_half_way_still_writes_what_it_found(tmp_path: Path) -> None:
-    nbdir = tmp_path / "notebooks"
-    nbdir.mkdir()
+def write_notebook(nbdir: Path, name: str, params: str, cells: list[Any]) -> None:
+    """A runbook notebook: a title, a parameters cell, then CELLS."""
+    nbdir.mkdir(exist_ok=True)
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    params = nbformat.v4.new_code_cell('target: str = "env:DATABASE_URL"\nfindings_path: str = ""')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        nbformat.v4.new_markdown_cell("# Broken runbook"),
-        params,
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), cell, *cells]
+    nbformat.write(nb, nbdir / f"{name}.ipynb")
+
+
+def test_a_runbook_failing_half_way_still_writes_what_it_found(tmp_path: Path) -> None:
+    nbdir = tmp_path / "notebooks"
+    write_notebook(nbdir, "broken", 'target: str = "env:DATABASE_URL"\nfindings_path: str = ""', [
         nbformat.v4.new_code_cell(
             "from runbooks_lib.runbook import Runbook\nfrom runbooks_lib.findings import Finding\n"
             "rb = Runbook('broken', target='host=h password=x', findings_path=findings_path)\n"
@@ -160,8 +164,7 @@ def test_a_runbook_failing_half_way_still_writes_what_it_found(tmp_path: Path) -
         nbformat.v4.new_markdown_cell("## Step two: look at something"),
         nbformat.v4.new_code_cell("raise RuntimeError('step two exploded with password=hunter22')"),
         nbformat.v4.new_code_cell("rb.finish()"),
-    ]
-    nbformat.write(nb, nbdir / "broken.ipynb")
+    ])
     out = tmp_path / "out"
     proc = run_cli("run", "broken", "--out", str(out),
                    env={"RUNBOOKS_NOTEBOOK_DIR": str(nbdir), "PYTHONPATH": str(ROOT)})
@@ -212,15 +215,7 @@ def test_relative_out_dir_and_default_out_dir(quiet: Sandbox, tmp_path: Path) ->
 
 def test_a_notebook_that_writes_no_findings_could_not_run(tmp_path: Path) -> None:
     nbdir = tmp_path / "notebooks"
-    nbdir.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    params = nbformat.v4.new_code_cell('findings_path: str = ""')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# Forgetful"), params,
-                nbformat.v4.new_code_cell("x = 1")]
-    nbformat.write(nb, nbdir / "forgetful.ipynb")
+    write_notebook(nbdir, "forgetful", 'findings_path: str = ""', [nbformat.v4.new_code_cell("x = 1")])
     proc = run_cli("run", "forgetful", "--out", str(tmp_path / "out"),
                    env={"RUNBOOKS_NOTEBOOK_DIR": str(nbdir)})
     assert proc.returncode == 3, proc.stdout + proc.stderr
