@@ -43,12 +43,12 @@ def _short(text: str, n: int = 90) -> str:
 
 # -- the sampling window ---------------------------------------------------------------------
 
-def _statements(s: Session) -> pd.DataFrame:
+def _statements(s: Session, showtext: bool = True) -> pd.DataFrame:
     if "pg_stat_statements" not in s.facts.extensions:
         raise SkipStep("pg_stat_statements is not installed in this database: add it to "
                        "shared_preload_libraries, restart, then CREATE EXTENSION pg_stat_statements")
     try:
-        return s.frame(queries.get("statements", s.facts.version_num))
+        return s.frame(queries.get("statements", s.facts.version_num), {"showtext": showtext})
     except psycopg.errors.ObjectNotInPrerequisiteState:
         raise SkipStep("pg_stat_statements is created but not loaded: add it to "
                        "shared_preload_libraries and restart") from None
@@ -57,16 +57,17 @@ def _statements(s: Session) -> pd.DataFrame:
 @step("window")
 def window(rb: Runbook, sample_seconds: float = 10, large_table_rows: int = 10000,
            interval_s: float = 0.1) -> dict[str, Any]:
-    """Two snapshots SAMPLE_SECONDS apart (statements, table counters of the tables of
+    """Two snapshots SAMPLE_SECONDS apart (statements, scan counters of the tables of
     LARGE_TABLE_ROWS or more) and, in between, pg_stat_activity sampled every INTERVAL_S: the
     data of steps 1, 3, 6 and 8."""
     s = rb.session
     data = rb.data
     try:
-        data["stmts_before"] = _statements(s)
+        data["stmts_before"] = _statements(s, showtext=False)
     except SkipStep as exc:
         data["stmts_skip"] = str(exc)
-    data["tables_before"] = s.frame(queries.get("table_scans"), {"min_rows": large_table_rows})
+    scans = queries.get("table_scans")
+    data["scans_before"] = s.frame(scans, {"min_rows": large_table_rows})
     sample_sql = queries.get("wait_sample")
     started = time.monotonic()
     data["window_start"] = dt.datetime.now(dt.UTC)
@@ -83,7 +84,7 @@ def window(rb: Runbook, sample_seconds: float = 10, large_table_rows: int = 1000
     data["window_s"] = time.monotonic() - started
     if "stmts_skip" not in data:
         data["stmts_after"] = _statements(s)
-    data["tables_after"] = _table_stats(s)
+    data["scans_after"] = s.frame(scans, {"min_rows": large_table_rows})
     present.show_text(f"sampled {data['window_s']:.1f} s: {n} activity samples")
     return {"window_s": data["window_s"], "samples": n}
 
@@ -476,8 +477,8 @@ def reloption(options: list[str] | None, name: str) -> str | None:
     return None
 
 
-def _table_stats(s: Session) -> pd.DataFrame:
-    df = s.frame(queries.get("table_stats"))
+def _table_stats(s: Session, min_rows: int) -> pd.DataFrame:
+    df = s.frame(queries.get("table_stats"), {"min_rows": min_rows})
     st = s.facts.settings
     opts = df["reloptions"]
     df["autovacuum_enabled"] = [reloption(o, "autovacuum_enabled") or "true" for o in opts]
@@ -489,16 +490,39 @@ def _table_stats(s: Session) -> pd.DataFrame:
     return df
 
 
-def _tables(rb: Runbook) -> pd.DataFrame:
-    if "tables_after" not in rb.data:
-        rb.data["tables_after"] = _table_stats(rb.session)
-    df: pd.DataFrame = rb.data["tables_after"]
-    before = rb.data.get("tables_before")
-    if before is not None and "seq_scan_window" not in df:
-        m = df.merge(before[["relid", *TABLE_COUNTERS]], on="relid", how="left",
-                     suffixes=("", "_before"))
-        for c in TABLE_COUNTERS:  # tables outside the first snapshot (small ones) count 0
-            df[f"{c}_window"] = (m[c] - m[f"{c}_before"]).fillna(0).clip(lower=0).values
+def _window_scans(rb: Runbook) -> pd.DataFrame | None:
+    """Per table, the scans of the sampling window (the two light snapshots' difference)."""
+    before, after = rb.data.get("scans_before"), rb.data.get("scans_after")
+    if before is None or after is None:
+        return None
+    m = after.merge(before, on="relid", how="left", suffixes=("", "_before"))
+    out = pd.DataFrame({"relid": m["relid"]})
+    for c in TABLE_COUNTERS:
+        out[f"{c}_window"] = (m[c] - m[f"{c}_before"]).fillna(0).clip(lower=0)
+    return out
+
+
+def _tables(rb: Runbook, min_rows: int) -> pd.DataFrame:
+    """Tables with at least MIN_ROWS live or dead tuples, with the window's scans merged in.
+    Fetched once per run for the smallest threshold asked (tables_and_indexes asks for the
+    smallest first); a larger threshold filters that frame."""
+    for threshold, df in rb.data.get("tables_fetched", []):
+        if threshold <= min_rows:
+            size = df[["est_rows", "n_live_tup", "n_dead_tup"]].max(axis=1)
+            kept: pd.DataFrame = df[size >= min_rows]
+            return kept
+
+    def fetch() -> pd.DataFrame:
+        df = _table_stats(rb.session, min_rows)
+        scans = _window_scans(rb)
+        if scans is not None:
+            df = df.merge(scans, on="relid", how="left")
+            for c in TABLE_COUNTERS:
+                df[f"{c}_window"] = df[f"{c}_window"].fillna(0)
+        return df
+
+    df = rb.cached(f"tables:{min_rows}", fetch)
+    rb.data.setdefault("tables_fetched", []).append((min_rows, df))
     return df
 
 
@@ -508,7 +532,7 @@ def _mb(b: float) -> str:
 
 @step("seq_scans")
 def seq_scans(rb: Runbook, large_table_rows: int = 10000) -> None:
-    t = _tables(rb)
+    t = _tables(rb, large_table_rows)
     windowed = "seq_scan_window" in t
     col = "seq_tup_read_window" if windowed else "seq_tup_read"
     big = t[(t["est_rows"].clip(lower=0) >= large_table_rows) | (t["n_live_tup"] >= large_table_rows)]
@@ -538,30 +562,36 @@ def seq_scans(rb: Runbook, large_table_rows: int = 10000) -> None:
 
 
 @step("cache_hit")
-def cache_hit(rb: Runbook, warning: float = 0.99, min_blocks: int = 10000) -> None:
-    t = _tables(rb)
-    found = []
-    for kind, hit, read in (("table", "heap_blks_hit", "heap_blks_read"),
-                            ("index", "idx_blks_hit", "idx_blks_read")):
-        h, r = float(t[hit].sum()), float(t[read].sum())
-        if h + r < min_blocks:
-            found.append(Finding(f"cache_hit_{kind}", "ok",
-                                 f"{kind.title()} cache hit ratio not judged: {int(h + r)} block "
-                                 f"accesses since the stats reset (< {min_blocks})"))
-            continue
-        share = h / (h + r)
-        worst_tables = (t.assign(ratio=t[hit] / (t[hit] + t[read]).clip(lower=1))
-                        .sort_values(read, ascending=False).head(5))
-        found.append(Finding(
-            f"cache_hit_{kind}", "warning" if share < ratio(warning) else "ok",
-            f"{kind.title()} cache hit ratio {share:.2%}",
-            f"{int(r)} blocks read from disk, {int(h)} from shared buffers (since the stats reset)",
-            metric=Metric(f"cache_hit_{kind}_ratio", round(share, 5), ratio(warning)),
-            evidence=records(worst_tables[["schema", "table", hit, read, "ratio"]]),
-            remediation="" if share >= ratio(warning) else
-            "the working set does not fit shared_buffers: raise it (about 25 % of RAM), or stop "
-            "the scans that read the most blocks"))
-    rb.add(found)
+def cache_hit(rb: Runbook, warning: float = 0.99, min_blocks: int = 10000,
+              large_table_rows: int = 10000) -> None:
+    """The database's buffer cache hit ratio (one row of pg_stat_database, whatever the
+    catalog's size), with the large tables that read the most blocks as evidence."""
+    row = rb.session.row(queries.get("cache_hit"))
+    h, r = float(row["blks_hit"] or 0), float(row["blks_read"] or 0)
+    if h + r < min_blocks:
+        rb.add(Finding("cache_hit", "ok", f"Cache hit ratio not judged: {int(h + r)} block "
+                       f"accesses since the stats reset (< {min_blocks})"))
+        return
+    share = h / (h + r)
+    try:
+        t = _tables(rb, large_table_rows)
+        readers = (t.assign(hit_ratio=(t["heap_blks_hit"] / (t["heap_blks_hit"]
+                                                            + t["heap_blks_read"]).clip(lower=1))
+                            .round(4)).sort_values("heap_blks_read", ascending=False).head(5))
+    except SkipStep:  # the ratio stands on its own; the evidence is a bonus
+        readers = pd.DataFrame(columns=["schema", "table", "heap_blks_read", "heap_blks_hit",
+                                        "hit_ratio"])
+    rb.add(Finding(
+        "cache_hit", "warning" if share < ratio(warning) else "ok",
+        f"Cache hit ratio {share:.2%} in {rb.session.facts.database}",
+        f"{int(r)} blocks read from disk or the OS cache, {int(h)} found in shared buffers "
+        f"(tables, indexes and catalogs, since {row['stats_reset'] or 'the stats reset'})",
+        metric=Metric("cache_hit_ratio", round(share, 5), ratio(warning)),
+        evidence=records(readers[["schema", "table", "heap_blks_read", "heap_blks_hit",
+                                  "hit_ratio"]]),
+        remediation="" if share >= ratio(warning) else
+        "the working set does not fit shared_buffers: raise it (about 25 % of RAM), or stop "
+        "the scans that read the most blocks (listed)"))
 
 
 @step("fk_without_index")
@@ -652,7 +682,7 @@ def invalid_indexes(rb: Runbook) -> None:
 
 @step("dead_tuples")
 def dead_tuples(rb: Runbook, ratio_warning: float = 0.20, min_dead: int = 10000) -> None:
-    t = _tables(rb)
+    t = _tables(rb, min_dead)
     dead_share = t["n_dead_tup"] / (t["n_live_tup"] + t["n_dead_tup"]).clip(lower=1)
     threshold = t["vacuum_threshold"] + t["vacuum_scale_factor"] * t["est_rows"].clip(lower=0)
     t = t.assign(dead_share=dead_share.round(3), autovacuum_due=t["n_dead_tup"] > threshold)
@@ -706,8 +736,12 @@ def tables_and_indexes(rb: Runbook, large_table_rows: int = 10000, cache_hit_war
                        dead_tuples_min: int = 10000, xid_age_warning: float = 0.50,
                        xid_age_critical: float = 0.75) -> None:
     """Step 6 in one call; each check is its own step, so one failure skips only itself."""
+    try:  # one fetch for the smallest threshold; every check below filters it
+        _tables(rb, min(large_table_rows, dead_tuples_min))
+    except SkipStep:
+        pass  # remembered: each check that needs the tables says it was skipped, and why
     seq_scans(rb, large_table_rows)
-    cache_hit(rb, cache_hit_warning)
+    cache_hit(rb, cache_hit_warning, large_table_rows=large_table_rows)
     fk_without_index(rb)
     unused_indexes(rb, unused_index_min_mb)
     duplicate_indexes(rb)
@@ -779,7 +813,7 @@ def plans(rb: Runbook, top_n: int = 5, large_table_rows: int = 10000,
         assert plan is not None
         tree = plan["QUERY PLAN"][0]["Plan"]
         big = [sc for sc in _scans(tree) if float(sc.get("Plan Rows", 0)) >= 0 and
-               _rel_rows(rb, sc.get("Relation Name", "")) >= large_table_rows]
+               _rel_rows(rb, sc.get("Relation Name", ""), large_table_rows) >= large_table_rows]
         rows.append({"queryid": r["queryid"], "total_cost": tree.get("Total Cost"),
                      "plan": tree.get("Node Type"), "seq_scans": ", ".join(
                          sc.get("Relation Name", "") for sc in _scans(tree)), "query": text})
@@ -788,7 +822,8 @@ def plans(rb: Runbook, top_n: int = 5, large_table_rows: int = 10000,
             found.append(Finding(
                 "plan_seq_scan", "warning",
                 f"Plan scans {sc.get('Relation Name')} sequentially "
-                f"(~{_rel_rows(rb, sc.get('Relation Name', '')):,.0f} rows): {_short(text)}",
+                f"(~{_rel_rows(rb, sc.get('Relation Name', ''), large_table_rows):,.0f} rows): "
+                f"{_short(text)}",
                 f"filter: {sc.get('Filter', '(none)')}; statement mean {r['mean_ms']:.1f} ms, "
                 f"{int(r['calls'])} calls in the window"
                 + (f"; suggested index: {idx}" if idx else ""),
@@ -804,8 +839,9 @@ def plans(rb: Runbook, top_n: int = 5, large_table_rows: int = 10000,
     return out
 
 
-def _rel_rows(rb: Runbook, relname: str) -> float:
-    t = _tables(rb)
+def _rel_rows(rb: Runbook, relname: str, large_table_rows: int) -> float:
+    """Rows of a relation, 0 for one under LARGE_TABLE_ROWS (not fetched)."""
+    t = _tables(rb, large_table_rows)
     hit = t[t["table"] == relname]
     return float(max(hit["est_rows"].max(), hit["n_live_tup"].max())) if len(hit) else 0.0
 

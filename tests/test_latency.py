@@ -210,7 +210,7 @@ def test_cache_hit_ratio_drops_with_disk_reads(quiet: Sandbox,
     with inc.cold_reads(quiet.url("app")):
         rb = latency_rb()
         lat.cache_hit(rb, warning=0.9999, min_blocks=1000)
-    (f,) = by_check(rb, "cache_hit_table")
+    (f,) = by_check(rb, "cache_hit")
     assert f.severity == "warning" and f.metric is not None
     assert f.metric.value is not None and f.metric.value < 0.9999
     assert f.evidence[0]["table"] == "cold_archive"
