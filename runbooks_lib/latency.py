@@ -161,7 +161,8 @@ def top_queries(rb: Runbook, dominant_share: float = 0.30, slow_query_ms: float 
                          total_exec_time=delta["total_exec_time"].round(1),
                          mean_ms=delta["mean_ms"].round(2))
     for col, title in (("total_exec_time", "total time"), ("mean_ms", "mean time"),
-                       ("calls", "calls"), ("shared_blks_read", "blocks read from disk"),
+                       ("calls", "calls"), ("rows", "rows"),
+                       ("shared_blks_read", "blocks read from disk"),
                        ("temp_blks_written", "temp blocks written")):
         if shown[col].sum() > 0:
             present.show_table(shown.sort_values(col, ascending=False)[SHOWN].head(10),
@@ -543,6 +544,17 @@ def seq_scans(rb: Runbook, large_table_rows: int = 10000) -> None:
          *([c + "_window" for c in TABLE_COUNTERS] if windowed else [])]].head(15),
         "sequential scans on large tables" + (" (window and lifetime)" if windowed else ""))
     rb.data["seq_scan_tables"] = set(hot["table"])
+    chart = big.sort_values(col, ascending=False).head(15).iloc[::-1]
+    if not chart.empty:
+        present.show_figure({"data": [
+            {"type": "bar", "orientation": "h", "name": "rows read by sequential scans",
+             "x": chart[col].tolist(), "y": chart["table"].tolist()},
+            {"type": "bar", "orientation": "h", "name": "index scans",
+             "x": chart["idx_scan_window" if windowed else "idx_scan"].tolist(),
+             "y": chart["table"].tolist()}],
+            "layout": {"title": {"text": "Large tables: rows read by sequential scans vs index "
+                                          "scans" + (" (window)" if windowed else "")},
+                       "barmode": "group", "xaxis": {"type": "log"}}})
     found = []
     for _, r in hot.head(10).iterrows():
         scans = int(r["seq_scan_window" if windowed else "seq_scan"])
@@ -685,7 +697,8 @@ def dead_tuples(rb: Runbook, ratio_warning: float = 0.20, min_dead: int = 10000)
     t = _tables(rb, min_dead)
     dead_share = t["n_dead_tup"] / (t["n_live_tup"] + t["n_dead_tup"]).clip(lower=1)
     threshold = t["vacuum_threshold"] + t["vacuum_scale_factor"] * t["est_rows"].clip(lower=0)
-    t = t.assign(dead_share=dead_share.round(3), autovacuum_due=t["n_dead_tup"] > threshold)
+    t = t.assign(dead_share=dead_share.round(3), autovacuum_due=t["n_dead_tup"] > threshold,
+                 autovacuum_threshold=threshold.round(0))
     bad = t[(t["dead_share"] > ratio(ratio_warning)) & (t["n_dead_tup"] >= min_dead)]
     present.show_table(t.sort_values("n_dead_tup", ascending=False)[
         ["schema", "table", "n_live_tup", "n_dead_tup", "dead_share", "autovacuum_enabled",
@@ -700,8 +713,11 @@ def dead_tuples(rb: Runbook, ratio_warning: float = 0.20, min_dead: int = 10000)
             f"({int(r['n_dead_tup'])} dead, {int(r['n_live_tup'])} live)"
             + (": autovacuum is disabled on it" if off else ""),
             ("autovacuum_enabled = false on this table. " if off else "")
-            + f"last autovacuum: {last or 'never'}; bloat makes scans read dead rows "
-            "(size estimate from pg_class)",
+            + ("autovacuum is behind: it is due past "
+               f"{int(r['autovacuum_threshold'])} dead tuples. " if r["autovacuum_due"] and not off
+               else "")
+            + f"last autovacuum: {last or 'never'}; dead rows bloat the table and every "
+            "scan reads them",
             metric=Metric("dead_tuple_ratio", float(r["dead_share"]), ratio(ratio_warning)),
             evidence=records(t.loc[[r.name], ["schema", "table", "n_live_tup", "n_dead_tup",
                                               "autovacuum_enabled", "last_autovacuum"]]),
@@ -786,10 +802,12 @@ def plans(rb: Runbook, top_n: int = 5, large_table_rows: int = 10000,
     delta = _window_statements(rb)
     here = delta[delta["current_db"].astype(bool) & delta["query"].str.match(_EXPLAINABLE)]
     generic = s.facts.version_num >= 160000
-    hypopg = "hypopg" in s.facts.extensions
-    if not hypopg:
+    if "hypopg" not in s.facts.extensions:
         rb.skip("hypopg", "hypopg is not installed: plans with the suggested index are not costed "
                 "(CREATE EXTENSION hypopg)")
+    else:
+        rb.skip("hypopg", "hypopg is installed, but costing plans with the suggested index is not "
+                "implemented yet: create it with hypopg_create_index() and EXPLAIN by hand")
     rows, found = [], []
     for _, r in here.head(top_n).iterrows():
         text = str(r["query"])
