@@ -91,7 +91,9 @@ def window(rb: Runbook, sample_seconds: float = 10, large_table_rows: int = 1000
 
 def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Per statement, what happened between two snapshots (a statement evicted or reset in
-    between counts from zero)."""
+    between counts from zero). Other roles' statements (NULL queryid) are folded per role first,
+    in both snapshots: merging on NULL keys would pair each with all the others."""
+    before, after = _fold_hidden(before), _fold_hidden(after)
     merged = after.merge(before[KEY + COUNTERS], on=KEY, how="left", suffixes=("", "_before"))
     for c in COUNTERS:
         prev = merged[f"{c}_before"].fillna(0)
@@ -100,7 +102,6 @@ def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     merged = merged.drop(columns=[f"{c}_before" for c in COUNTERS])
     ours = merged["query"].str.contains(queries.MARKER, regex=False)
     merged = merged[(merged["calls"] > 0) & ~ours].copy()
-    merged = _fold_hidden(merged)
     for c in COUNTERS:
         if c != "total_exec_time":
             merged[c] = merged[c].astype("int64")
@@ -115,14 +116,14 @@ HIDDEN = "<insufficient privilege>"
 
 
 def _fold_hidden(df: pd.DataFrame) -> pd.DataFrame:
-    """Statements of other roles whose text we may not read, folded into one row per role and
-    database (their time still counts in the shares)."""
-    hidden = df["query"] == HIDDEN
+    """Statements of other roles we may not see (NULL queryid, text '<insufficient
+    privilege>'), folded into one row per role and database: their time still counts."""
+    hidden = df["queryid"].isna()
     if not hidden.any():
         return df
     folded = (df[hidden].groupby(["userid", "dbid", "user", "database", "current_db"],
                                  dropna=False)[COUNTERS].sum().reset_index())
-    folded["queryid"] = -folded["userid"]
+    folded["queryid"] = "hidden:" + folded["userid"].astype(str) + ":" + folded["dbid"].astype(str)
     folded["query"] = (f"{HIDDEN}: statements of role " + folded["user"].astype(str)
                        + " (grant pg_read_all_stats to see them)")
     return pd.concat([df[~hidden], folded], ignore_index=True)

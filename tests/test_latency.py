@@ -339,8 +339,10 @@ def test_other_roles_hidden_statements_are_folded_per_role(
         conn.execute("SELECT count(*) FROM pg_class")
         conn.execute("SELECT count(*) FROM pg_attribute")
 
-    with inc.workload(quiet.url("postgres"), admin_batch, "admin-script"):
+    with inc.workload(quiet.url("postgres"), admin_batch, "admin-script") as w:
+        before = w.rounds
         lat.window(rb, 1)
+        after = w.rounds
         shown = lat.top_queries(rb)
     assert shown is not None
     folded = shown[shown["query"].str.startswith("<insufficient privilege>")]
@@ -348,4 +350,6 @@ def test_other_roles_hidden_statements_are_folded_per_role(
     admin = folded[(folded["user"] == "postgres") & (folded["database"] == "cosnap")]
     assert list(admin["query"]) == ["<insufficient privilege>: statements of role postgres "
                                     "(grant pg_read_all_stats to see them)"]
-    assert int(admin["calls"].iloc[0]) >= 10
+    calls = int(admin["calls"].iloc[0])
+    # two statements per round; a many-to-many merge on NULL queryids would multiply this
+    assert after - before <= calls <= 2 * (after - before + 2)

@@ -3,7 +3,8 @@
 -- blk_*_time columns, which are not used here). showtext = false skips reading the query-text
 -- file: the first snapshot of the window needs no text (20,000 statements made it costly).
 -- Statements of every database are read; EXPLAIN later keeps those of the current one.
-SELECT s.queryid, s.userid, s.dbid,
+SELECT s.queryid::text AS queryid,  -- an identifier: NULL for other roles' statements
+       s.userid, s.dbid,
        (s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())) AS current_db,
        r.rolname::text AS "user",
        d.datname::text AS database,
