@@ -2,7 +2,7 @@
 -- table_stats.sql). Only large tables matter to the sequential-scan check and most tables of a
 -- big catalog are small, so the filter comes first and the per-table work (index scans summed
 -- through pg_index's indrelid index) runs only for the tables it keeps. Never-analyzed tables
--- (reltuples < 0, 14+) are judged by their live-tuple counter.
+-- (reltuples -1 on 14+, 0 on 13) are judged by their live-tuple counter.
 SELECT c.oid AS relid,
        pg_stat_get_numscans(c.oid) AS seq_scan,
        pg_stat_get_tuples_returned(c.oid) AS seq_tup_read,
@@ -14,4 +14,4 @@ SELECT c.oid AS relid,
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname !~ '^pg_toast'
    AND (c.reltuples >= %(min_rows)s
-        OR (c.reltuples < 0 AND pg_stat_get_live_tuples(c.oid) >= %(min_rows)s));
+        OR (c.reltuples <= 0 AND pg_stat_get_live_tuples(c.oid) >= %(min_rows)s));

@@ -27,5 +27,5 @@ SELECT c.oid AS relid,
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname !~ '^pg_toast'
    AND (c.reltuples >= %(min_rows)s
-        OR (c.reltuples < 0 AND pg_stat_get_live_tuples(c.oid) >= %(min_rows)s)
+        OR (c.reltuples <= 0 AND pg_stat_get_live_tuples(c.oid) >= %(min_rows)s)
         OR pg_stat_get_dead_tuples(c.oid) >= %(min_rows)s);
