@@ -333,3 +333,62 @@ def cold_reads(url: str, mb: int = 48, scans: int = 3) -> Iterator[None]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS cold_archive")
+
+
+# -- transaction-failure incidents -------------------------------------------------------------
+
+FAILING = {
+    "23503": "INSERT INTO comments (post_id, user_id, body) VALUES (999999999, 1, 'orphan')",
+    "23505": "INSERT INTO users (email, username) VALUES ('user1@example.com', 'dup')",
+    "22012": "SELECT 1 / 0",
+    "42P01": "SELECT * FROM no_such_table",
+}
+
+
+def failing_statements(url: str, times: int = 1, application: str = "cosnap-backend") -> dict[str, int]:
+    """Run statements that fail with FK and unique violations, a division by zero, an undefined
+    table and a statement timeout (57014); returns how many of each SQLSTATE were raised."""
+    raised: dict[str, int] = {}
+    with psycopg.connect(make_conninfo(url, application_name=application), autocommit=True) as c:
+        for _ in range(times):
+            for code, statement in FAILING.items():
+                try:
+                    c.execute(statement.encode())
+                except psycopg.Error as exc:
+                    assert exc.sqlstate == code, (exc.sqlstate, code)
+                    raised[code] = raised.get(code, 0) + 1
+            c.execute("SET statement_timeout = '50ms'")
+            try:
+                c.execute("SELECT pg_sleep(1)")
+            except psycopg.errors.QueryCanceled:
+                raised["57014"] = raised.get("57014", 0) + 1
+            c.execute("RESET statement_timeout")
+    return raised
+
+
+def deadlock(url: str, application: str = "cosnap-backend") -> int:
+    """Two transactions lock users 1 and 2 in opposite order: the server detects the cycle after
+    deadlock_timeout and aborts one with 40P01. Returns the number of deadlocks raised (1)."""
+    info = make_conninfo(url, application_name=application)
+    a, b = psycopg.connect(info), psycopg.connect(info)
+    errors: list[str] = []
+
+    def second_lock(conn: psycopg.Connection[tuple[object, ...]], row: int) -> None:
+        try:
+            conn.execute("UPDATE users SET updated_at = updated_at WHERE id = %s", (row,))
+        except psycopg.errors.DeadlockDetected:
+            errors.append("40P01")
+
+    try:
+        a.execute("UPDATE users SET updated_at = updated_at WHERE id = 1")
+        b.execute("UPDATE users SET updated_at = updated_at WHERE id = 2")
+        t = threading.Thread(target=second_lock, args=(a, 2))
+        t.start()
+        _wait_for_lock_wait(url, a.info.backend_pid)
+        second_lock(b, 1)
+        t.join(timeout=30)
+    finally:
+        for conn in (a, b):
+            conn.rollback()
+            conn.close()
+    return len(errors)
