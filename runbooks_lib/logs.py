@@ -291,3 +291,26 @@ def _error_levels() -> Any:
     import pyarrow as pa
 
     return pa.array(list(ERROR_LEVELS))
+
+
+def scan_records(pattern: str, sqlstates: Iterable[str],
+                 columns: Iterable[str] = ("log_time", "user", "database", "pid", "application",
+                                           "sqlstate", "message", "detail", "context", "query"),
+                 scan: Scan | None = None) -> list[dict[str, Any]]:
+    """The records with one of SQLSTATES, filtered vectorized (only matches become Python)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    scan = scan or Scan()
+    paths = sorted(Path(p) for p in glob.glob(pattern))
+    if not paths:
+        raise SkipStep(f"no log file matches {pattern}")
+    wanted = pa.array(list(sqlstates))
+    cols = list(dict.fromkeys(["sqlstate", *columns]))
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        scan.files.append(str(path))
+        for batch in csvlog_batches(path, scan, cols):
+            hits = batch.filter(pc.is_in(batch.column("sqlstate"), value_set=wanted))
+            out.extend(hits.to_pylist())
+    return out
