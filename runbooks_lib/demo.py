@@ -43,6 +43,11 @@ EXPECTED = [
     Expect("latency", "duplicate_index", "warning", "posts_user_id_dup_idx"),
     Expect("latency", "fk_without_index", "warning", "comments_user_id_fkey"),
     Expect("latency", "dead_tuples", "warning", "comment_likes"),
+    Expect("transaction_failures", "errors_integrity", "warning", "23503"),
+    Expect("transaction_failures", "errors_retryable-transient", "warning", "40P01"),
+    Expect("transaction_failures", "errors_timeout", "warning", "statement_timeout"),
+    Expect("transaction_failures", "deadlock", "warning", "users"),
+    Expect("transaction_failures", "fk_violation", "warning", "comments_post_id_fkey"),
 ]
 PARAMS = {
     # connectivity: the demo's incident is seconds old, so its thresholds are seconds
@@ -87,6 +92,11 @@ def main(out: Path | None = None, bin_dir: str | None = None) -> int:
     print(f"PostgreSQL {sb.major} on 127.0.0.1:{sb.port}; demo app loaded "
           f"({rows['users']} users, {rows['posts']} posts, {rows['comments']} comments)")
     app, app_url = sb.url("app"), sb.url("app", connection_limit="5", pool_timeout="60")
+    print("injecting: FK and unique violations, statement timeouts, a division by zero, a "
+          "deadlock and a serialization failure (they land in the server log)", flush=True)
+    incidents.failing_statements(app, times=3)
+    incidents.deadlock(app)
+    incidents.serialization_failure(app)
     with ExitStack() as stack:
         print(f"injecting: {APP} leaks 80 idle connections and 5 idle in transaction "
               "(15 PrismaClient instances, pool 5)", flush=True)
@@ -103,7 +113,10 @@ def main(out: Path | None = None, bin_dir: str | None = None) -> int:
         stack.enter_context(incidents.fk_without_index(app))
         stack.enter_context(incidents.dead_tuples(app, "comment_likes"))
         time.sleep(2.5)  # let the incidents age past the demo's thresholds
-        code, summary = report.run(["connectivity", "latency"], app_url, out, PARAMS)
+        # the app role may not read server files: the demo reads the sandbox's csvlog itself
+        params = {**PARAMS, "log_source": str(sb.log_dir / "*.csv")}
+        code, summary = report.run(["connectivity", "latency", "transaction_failures"], app_url,
+                                   out, params)
     for rb in summary["runbooks"]:
         data = json.loads((out / rb["files"]["findings"]).read_text())
         print(f"\n{rb['name']}: {rb['status']} (exit {rb['exit_code']})")

@@ -9,4 +9,5 @@ SELECT name, setting
                 'log_line_prefix', 'log_min_duration_statement', 'log_lock_waits',
                 'log_connections', 'log_disconnections', 'shared_preload_libraries',
                 'track_io_timing', 'data_directory', 'tcp_keepalives_idle',
-                'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold');
+                'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold',
+                'log_min_error_statement');

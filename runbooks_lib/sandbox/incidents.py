@@ -380,6 +380,8 @@ def deadlock(url: str, application: str = "cosnap-backend") -> int:
             errors.append("40P01")
 
     try:
+        for conn in (a, b):  # never wait forever behind another incident's lock
+            conn.execute("SET lock_timeout = '10s'")
         a.execute("UPDATE users SET updated_at = updated_at WHERE id = 1")
         b.execute("UPDATE users SET updated_at = updated_at WHERE id = 2")
         t = threading.Thread(target=second_lock, args=(a, 2))
@@ -392,3 +394,45 @@ def deadlock(url: str, application: str = "cosnap-backend") -> int:
             conn.rollback()
             conn.close()
     return len(errors)
+
+
+def serialization_failure(url: str, application: str = "cosnap-backend") -> int:
+    """A REPEATABLE READ transaction updates a row another session changed after its snapshot:
+    40001 could not serialize access. Returns the number raised (1)."""
+    info = make_conninfo(url, application_name=application)
+    with psycopg.connect(info) as a, psycopg.connect(info, autocommit=True) as b:
+        a.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        a.execute("SELECT updated_at FROM users WHERE id = 3")
+        b.execute("UPDATE users SET updated_at = updated_at WHERE id = 3")
+        try:
+            a.execute("UPDATE users SET updated_at = updated_at WHERE id = 3")
+        except psycopg.errors.SerializationFailure:
+            a.rollback()
+            return 1
+        a.rollback()
+    return 0
+
+
+def idle_in_transaction_timeout(url: str, application: str = "cosnap-backend") -> int:
+    """A session that stays idle in a transaction past idle_in_transaction_session_timeout is
+    ended by the server (FATAL 25P03). Returns the number of sessions ended (1)."""
+    conn = psycopg.connect(make_conninfo(url, application_name=application))
+    try:
+        conn.execute("SET idle_in_transaction_session_timeout = '100ms'")
+        conn.execute("SELECT 1")
+        time.sleep(0.5)
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:  # IdleInTransactionSessionTimeout, or the closed connection
+            return 1
+        return 0
+    finally:
+        conn.close()
+
+
+def rollbacks(url: str, n: int = 50, application: str = "cosnap-backend") -> None:
+    """A burst of transactions the application rolls back (a failed business check)."""
+    with psycopg.connect(make_conninfo(url, application_name=application)) as conn:
+        for _ in range(n):
+            conn.execute("SELECT 1")
+            conn.rollback()

@@ -1,0 +1,181 @@
+"""Every transaction-failures check: its incident injected for real (finding, severity and
+category asserted) and a healthy workload that stays quiet."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from runbooks_lib import failures as fx
+from runbooks_lib.findings import Finding
+from runbooks_lib.runbook import Runbook
+from runbooks_lib.sandbox import incidents as inc
+from runbooks_lib.sandbox.server import Sandbox
+
+from .conftest import findings_of, retry, run_cli
+
+
+@pytest.fixture
+def failures_rb(quiet: Sandbox, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runbook]]:
+    made: list[Runbook] = []
+
+    def make(role: str = "postgres") -> Runbook:
+        monkeypatch.setenv("RB_TF_URL", quiet.url(role))
+        made.append(Runbook("transaction_failures", target="env:RB_TF_URL",
+                            findings_path=str(tmp_path / "tf.findings.json")))
+        return made[-1]
+
+    yield make
+    for rb in made:
+        rb.close()
+
+
+def since_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def later(fn: Callable[..., object], *args: object) -> None:
+    """FN(*ARGS) a moment after the window's first snapshot."""
+    time.sleep(0.2)
+    fn(*args)
+
+
+def by_check(rb: Runbook, check: str) -> list[Finding]:
+    return [f for f in rb.report.findings if f.check == check]
+
+
+def read_when_logged(rb: Runbook, since: str, check: str) -> None:
+    """Read the log until CHECK shows up (the logging collector writes asynchronously)."""
+    def found() -> bool:
+        rb.report.findings = [f for f in rb.report.findings if not f.check.startswith("errors")]
+        fx.read_log(rb, "auto", since)
+        fx.by_sqlstate(rb)
+        return bool(by_check(rb, check))
+
+    retry(found, timeout=10, interval=0.3)
+
+
+def test_healthy_workload_is_quiet(quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
+    since = since_now()
+    rb = failures_rb()
+    with inc.workload(quiet.url("app"), inc.healthy_batch):
+        fx.run_all(rb, sample_seconds=1.5, since=since)
+    bad = [f.title for f in rb.report.findings if f.severity in ("warning", "critical")]
+    assert not bad and not rb.report.errors
+    (rate,) = by_check(rb, "rollback_rate")
+    assert "Rollback rate 0.0%" in rate.title
+
+
+def test_errors_are_classified_with_remediation(quiet: Sandbox,
+                                                failures_rb: Callable[..., Runbook]) -> None:
+    since = since_now()
+    raised = inc.failing_statements(quiet.url("app"), times=2)
+    assert inc.deadlock(quiet.url("app")) == 1
+    assert inc.serialization_failure(quiet.url("app")) == 1
+    assert inc.idle_in_transaction_timeout(quiet.url("app")) == 1
+    rb = failures_rb()
+    expected = sum(raised.values()) + 3  # + the deadlock, the 40001 and the FATAL 25P03
+    retry(lambda: fx.read_log(rb, "auto", since) is not None and len(rb.data["errors"]) == expected,
+          timeout=10, interval=0.3)  # the logging collector writes asynchronously
+    fx.by_sqlstate(rb)
+    sev = {f.check: f for f in rb.report.findings}
+    integrity = sev["errors_integrity"]
+    assert integrity.severity == "warning"
+    assert "23503 foreign_key_violation x2" in integrity.title and "23505" in integrity.title
+    assert "insert parents before children" in integrity.remediation
+    retry_ = sev["errors_retryable-transient"]
+    assert "40P01 deadlock_detected x1" in retry_.title and "40001" in retry_.title
+    assert "backoff and jitter" in retry_.remediation and "retryable: yes" in retry_.detail
+    timeout = sev["errors_timeout"]
+    assert "query_canceled (statement_timeout) x2" in timeout.title and "25P03" in timeout.title
+    bug = sev["errors_application-bug"]
+    assert "22012" in bug.title and "42P01" in bug.title
+    assert any("FROM no_such_table" in e["statement"] for e in bug.evidence)
+    assert raised["23503"] == 2
+
+
+def test_deadlock_cycles_and_fk_violations(quiet: Sandbox,
+                                           failures_rb: Callable[..., Runbook]) -> None:
+    since = since_now()
+    inc.deadlock(quiet.url("app"))
+    with inc.fk_without_index(quiet.url("app")), psycopg.connect(quiet.url("app")) as c:
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            c.execute("INSERT INTO comments (post_id, user_id, body) VALUES (1, 999999999, 'x')")
+        c.rollback()
+        inc.failing_statements(quiet.url("app"))  # comments_post_id_fkey, indexed
+        rb = failures_rb()
+        read_when_logged(rb, since, "errors_retryable-transient")
+        fx.deadlock_cycles(rb)
+        fx.fk_violations(rb)
+    (d,) = by_check(rb, "deadlock")
+    assert d.severity == "warning" and "on users" in d.title
+    assert "consistent" not in d.remediation or "one order" in d.remediation
+    fk = {f.title.split(" of foreign key ")[1].split(":")[0]: f for f in by_check(rb, "fk_violation")}
+    assert "indexed: NO" in fk["comments_user_id_fkey"].detail
+    assert "CREATE INDEX CONCURRENTLY ON comments(user_id)" in fk["comments_user_id_fkey"].remediation
+    assert "indexed: yes" in fk["comments_post_id_fkey"].detail
+
+
+def test_rollback_burst_is_critical(quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
+    rb = failures_rb()
+    burst = threading.Thread(target=later, args=(inc.rollbacks, quiet.url("app"), 60))
+    burst.start()
+    fx.counters(rb, sample_seconds=1.5)
+    burst.join()
+    (f,) = by_check(rb, "rollback_rate")
+    assert f.severity == "critical" and f.metric is not None and (f.metric.value or 0) > 0.5
+
+
+def test_deadlock_in_the_window_warns(quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
+    rb = failures_rb()
+    t = threading.Thread(target=later, args=(inc.deadlock, quiet.url("app")))
+    t.start()
+    fx.counters(rb, sample_seconds=1.5)
+    t.join()
+    (f,) = by_check(rb, "deadlock_rate")
+    assert f.severity == "warning" and "1 deadlock(s)" in f.title
+
+
+def test_monitor_role_without_log_access_says_why(failures_rb: Callable[..., Runbook]) -> None:
+    rb = failures_rb("monitor")
+    fx.read_log(rb, "auto", "5m")
+    fx.by_sqlstate(rb)
+    reasons = {s.check: s.reason for s in rb.report.skipped}
+    assert "pg_read_server_files" in reasons["log"]
+    assert "step 3 was skipped" in reasons["errors_by_sqlstate"]
+    assert not rb.report.errors
+
+
+def test_malformed_log_file_is_counted(tmp_path: Path, failures_rb: Callable[..., Runbook]) -> None:
+    line = ('2026-11-27 23:35:17.123 UTC,"app","cosnap",1,"h:1",a.1,1,"SELECT",'
+            '2026-11-27 23:35:00 UTC,3/4,0,ERROR,22012,"division by zero",,,,,,'
+            '"SELECT 1/0",,,"cosnap-backend","client backend",,0\n')
+    (tmp_path / "pg.csv").write_text(line + "garbage\n" + line)
+    rb = failures_rb()
+    fx.read_log(rb, str(tmp_path / "*.csv"), "2026-11-27T00:00:00")
+    fx.by_sqlstate(rb)
+    (m,) = by_check(rb, "log_malformed")
+    assert m.severity == "info" and m.title.startswith("1 malformed")
+    (bug,) = by_check(rb, "errors_application-bug")
+    assert "22012 division_by_zero x2" in bug.title
+
+
+@pytest.mark.slow
+def test_transaction_failures_notebook_headless(quiet: Sandbox, tmp_path: Path) -> None:
+    since = since_now()
+    inc.failing_statements(quiet.url("app"))
+    time.sleep(1)
+    proc = run_cli("run", "transaction_failures", "--out", str(tmp_path), "-p", "sample_seconds=1",
+                   "-p", f"since={since}", env={"DATABASE_URL": quiet.url("postgres")})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "transaction_failures.findings.json").read_text())
+    assert not data["errors"]
+    assert findings_of(data, "errors_integrity")[0]["severity"] == "warning"
