@@ -117,7 +117,8 @@ def test_deadlock_cycles_and_fk_violations(quiet: Sandbox,
         fx.fk_violations(rb)
     (d,) = by_check(rb, "deadlock")
     assert d.severity == "warning" and "on users" in d.title
-    assert "consistent" not in d.remediation or "one order" in d.remediation
+    assert "in one order" in d.remediation and "retry 40P01" in d.remediation
+    assert d.metric is not None and d.metric.value == 1
     fk = {f.title.split(" of foreign key ")[1].split(":")[0]: f for f in by_check(rb, "fk_violation")}
     assert "indexed: NO" in fk["comments_user_id_fkey"].detail
     assert "CREATE INDEX CONCURRENTLY ON comments(user_id)" in fk["comments_user_id_fkey"].remediation
