@@ -48,10 +48,20 @@ def _statements(s: Session, showtext: bool = True) -> pd.DataFrame:
         raise SkipStep("pg_stat_statements is not installed in this database: add it to "
                        "shared_preload_libraries, restart, then CREATE EXTENSION pg_stat_statements")
     try:
-        return s.frame(queries.get("statements", s.facts.version_num), {"showtext": showtext})
+        df = s.frame(queries.get("statements", s.facts.version_num), {"showtext": showtext})
     except psycopg.errors.ObjectNotInPrerequisiteState:
         raise SkipStep("pg_stat_statements is created but not loaded: add it to "
                        "shared_preload_libraries and restart") from None
+    # On 14+ a statement also run nested (track = all: inside a function, or under EXPLAIN) has a
+    # second entry with toplevel = false: one row per statement, or the window diff doubles it.
+    hidden = df["queryid"].isna()
+    keyed = df[~hidden]
+    if keyed.duplicated(KEY).any():
+        rest = [c for c in df.columns if c not in KEY + COUNTERS]
+        keyed = (keyed.groupby(KEY, as_index=False, sort=False)
+                 .agg({**{c: "sum" for c in COUNTERS}, **{c: "first" for c in rest}}))
+        df = pd.concat([keyed, df[hidden]], ignore_index=True)
+    return df
 
 
 @step("window")

@@ -353,3 +353,28 @@ def test_other_roles_hidden_statements_are_folded_per_role(
     calls = int(admin["calls"].iloc[0])
     # two statements per round; a many-to-many merge on NULL queryids would multiply this
     assert after - before <= calls <= 2 * (after - before + 2)
+
+
+def test_a_statement_also_run_nested_is_counted_once(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    """With pg_stat_statements.track = all, the same statement run inside a function gets a
+    second entry (toplevel = false) on 14+: the window shows one row with both counts."""
+    with psycopg.connect(quiet.url("app"), autocommit=True) as c:
+        c.execute("CREATE OR REPLACE FUNCTION nested_lookup() RETURNS bigint LANGUAGE sql AS "
+                  "'SELECT count(*) FROM posts WHERE user_id = 3'")
+
+    def batch(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        conn.execute("SELECT count(*) FROM posts WHERE user_id = 3")
+        conn.execute("SELECT nested_lookup()")
+
+    rb = latency_rb()
+    try:
+        with inc.workload(quiet.url("app"), batch, "nested-app"):
+            lat.window(rb, 1)
+        shown = lat.top_queries(rb)
+    finally:
+        with psycopg.connect(quiet.url("app"), autocommit=True) as c:
+            c.execute("DROP FUNCTION IF EXISTS nested_lookup()")
+    assert shown is not None
+    rows = shown[shown["query"].str.contains("FROM posts WHERE user_id = ", regex=False)]
+    assert len(rows) == 1
