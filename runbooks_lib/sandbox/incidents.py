@@ -153,42 +153,51 @@ def workload(url: str, batch: Callable[[psycopg.Connection[tuple[object, ...]]],
         w.close()
 
 
+Change = str | sql.Composed | tuple[str, tuple[object, ...]]
+
+
+def _apply(conn: psycopg.Connection[tuple[object, ...]], change: Change) -> None:
+    if isinstance(change, tuple):
+        statement, params = change
+        conn.execute(statement.encode(), list(params))
+    elif isinstance(change, str):
+        conn.execute(change.encode())
+    else:
+        conn.execute(change)
+
+
 @contextmanager
-def ddl(url: str, do: list[str], undo: list[str]) -> Iterator[None]:
-    """Change the schema for the incident's lifetime (CONCURRENTLY statements need autocommit)."""
+def staged(url: str, do: list[Change], undo: list[Change]) -> Iterator[None]:
+    """Apply DO for the incident's lifetime, UNDO after it, each in autocommit (CONCURRENTLY and
+    VACUUM need it). A failing CREATE ... CONCURRENTLY is tolerated: it is the incident itself."""
     with psycopg.connect(url, autocommit=True) as conn:
-        for sql in do:
+        for change in do:
             try:
-                conn.execute(sql.encode())
+                _apply(conn, change)
             except psycopg.Error:
-                if "CONCURRENTLY" not in sql:  # a failed concurrent build is the incident itself
+                if not (isinstance(change, str) and "CONCURRENTLY" in change):
                     raise
     try:
         yield
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
-            for sql in undo:
-                conn.execute(sql.encode())
+            for change in undo:
+                _apply(conn, change)
 
 
-@contextmanager
-def missing_index(url: str, extra_rows: int = 20000) -> Iterator[None]:
+def missing_index(url: str, extra_rows: int = 20000) -> AbstractContextManager[None]:
     """The seed's verification-code lookup without its index, on a table that has grown by
     EXTRA_ROWS: the hot query seq-scans it and keeps the server busy."""
-    with ddl(url, ["DROP INDEX IF EXISTS verification_codes_email_scene_code_idx"],
-             ["CREATE INDEX IF NOT EXISTS verification_codes_email_scene_code_idx "
-              "ON verification_codes (email, scene, code)"]):
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("INSERT INTO verification_codes (email, scene, code) SELECT 'bulk' || i "
-                         "|| '@example.com', 'signup', '000000' FROM generate_series(1, %s) i",
-                         (extra_rows,))
-            conn.execute("ANALYZE verification_codes")
-        try:
-            yield
-        finally:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("DELETE FROM verification_codes WHERE email LIKE 'bulk%'")
-                conn.execute("VACUUM ANALYZE verification_codes")
+    return staged(
+        url,
+        ["DROP INDEX IF EXISTS verification_codes_email_scene_code_idx",
+         ("INSERT INTO verification_codes (email, scene, code) SELECT 'bulk' || i "
+          "|| '@example.com', 'signup', '000000' FROM generate_series(1, %s) i", (extra_rows,)),
+         "ANALYZE verification_codes"],
+        ["DELETE FROM verification_codes WHERE email LIKE 'bulk%'",
+         "VACUUM ANALYZE verification_codes",
+         "CREATE INDEX IF NOT EXISTS verification_codes_email_scene_code_idx "
+         "ON verification_codes (email, scene, code)"])
 
 
 def verification_lookups(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -286,53 +295,41 @@ def long_query(url: str, seconds: float = 60, application: str = "report-job") -
 
 def duplicate_index(url: str) -> AbstractContextManager[None]:
     """posts(user_id) indexed twice; the copy is never used."""
-    return ddl(url, ["CREATE INDEX IF NOT EXISTS posts_user_id_dup_idx ON posts (user_id)"],
+    return staged(url, ["CREATE INDEX IF NOT EXISTS posts_user_id_dup_idx ON posts (user_id)"],
                ["DROP INDEX IF EXISTS posts_user_id_dup_idx"])
 
 
 def invalid_index(url: str) -> AbstractContextManager[None]:
     """A unique index built CONCURRENTLY on duplicate values fails and stays INVALID."""
-    return ddl(url, ["CREATE UNIQUE INDEX CONCURRENTLY posts_user_id_unique_idx ON posts (user_id)"],
+    return staged(url, ["CREATE UNIQUE INDEX CONCURRENTLY posts_user_id_unique_idx ON posts (user_id)"],
                ["DROP INDEX IF EXISTS posts_user_id_unique_idx"])
 
 
 def fk_without_index(url: str) -> AbstractContextManager[None]:
     """comments.user_id loses its index: deleting a user scans comments (the seed's 30 s)."""
-    return ddl(url, ["DROP INDEX IF EXISTS comments_user_id_idx"],
+    return staged(url, ["DROP INDEX IF EXISTS comments_user_id_idx"],
                ["CREATE INDEX IF NOT EXISTS comments_user_id_idx ON comments (user_id)"])
 
 
-@contextmanager
-def dead_tuples(url: str, table: str = "comments") -> Iterator[None]:
+def dead_tuples(url: str, table: str = "comments") -> AbstractContextManager[None]:
     """Autovacuum disabled on TABLE, then every row updated: as many dead tuples as live ones."""
     ident = sql.Identifier(table)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(ident))
-        conn.execute(sql.SQL("UPDATE {} SET id = id").format(ident))
-    try:
-        yield
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(ident))
-            conn.execute(sql.SQL("VACUUM {}").format(ident))
+    return staged(url,
+                  [sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(ident),
+                   sql.SQL("UPDATE {} SET id = id").format(ident)],
+                  [sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(ident),
+                   sql.SQL("VACUUM {}").format(ident)])
 
 
-@contextmanager
-def cold_reads(url: str, mb: int = 48, scans: int = 3) -> Iterator[None]:
+def cold_reads(url: str, mb: int = 48, scans: int = 3) -> AbstractContextManager[None]:
     """Reads from disk: a table larger than a quarter of shared_buffers is scanned through a
     small ring buffer, so every scan reads its blocks again (the cache hit ratio drops)."""
     rows = mb * 2**20 // 540
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS cold_archive AS "
-                     "SELECT g AS id, repeat('x', 500) AS payload FROM generate_series(1, %s) g",
-                     (rows,))
-        for _ in range(scans):
-            conn.execute("SELECT count(*) FROM cold_archive")
-    try:
-        yield
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS cold_archive")
+    return staged(url,
+                  [("CREATE TABLE IF NOT EXISTS cold_archive AS SELECT g AS id, repeat('x', 500) "
+                    "AS payload FROM generate_series(1, %s) g", (rows,)),
+                   *["SELECT count(*) FROM cold_archive"] * scans],
+                  ["DROP TABLE IF EXISTS cold_archive"])
 
 
 # -- transaction-failure incidents -------------------------------------------------------------
