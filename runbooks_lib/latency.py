@@ -52,16 +52,31 @@ def _statements(s: Session, showtext: bool = True) -> pd.DataFrame:
     except psycopg.errors.ObjectNotInPrerequisiteState:
         raise SkipStep("pg_stat_statements is created but not loaded: add it to "
                        "shared_preload_libraries and restart") from None
-    # On 14+ a statement also run nested (track = all: inside a function, or under EXPLAIN) has a
-    # second entry with toplevel = false: one row per statement, or the window diff doubles it.
+    return one_row_per_statement(df)
+
+
+HIDDEN = "<insufficient privilege>"
+
+
+def one_row_per_statement(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (queryid, user, database) of a snapshot. Other roles' statements that we may
+    not see (NULL queryid, text hidden) become one row per role and database: their time still
+    counts. On 14+ a statement also run nested (track = all: inside a function, under EXPLAIN)
+    has a second entry with toplevel = false, added to its top-level one. Without this, the
+    window diff would double nested statements and pair hidden ones many-to-many."""
     hidden = df["queryid"].isna()
-    keyed = df[~hidden]
-    if keyed.duplicated(KEY).any():
-        rest = [c for c in df.columns if c not in KEY + COUNTERS]
-        keyed = (keyed.groupby(KEY, as_index=False, sort=False)
-                 .agg({**{c: "sum" for c in COUNTERS}, **{c: "first" for c in rest}}))
-        df = pd.concat([keyed, df[hidden]], ignore_index=True)
-    return df
+    if hidden.any():
+        df = df.assign(
+            queryid=df["queryid"].where(~hidden, "hidden:" + df["userid"].astype(str) + ":"
+                                        + df["dbid"].astype(str)),
+            query=df["query"].where(~hidden, f"{HIDDEN}: statements of role "
+                                    + df["user"].astype(str)
+                                    + " (grant pg_read_all_stats to see them)"))
+    if not df.duplicated(KEY).any():
+        return df
+    rest = [c for c in df.columns if c not in KEY + COUNTERS]
+    return (df.groupby(KEY, as_index=False, sort=False)
+              .agg({**{c: "sum" for c in COUNTERS}, **{c: "first" for c in rest}}))
 
 
 @step("window")
@@ -100,10 +115,8 @@ def window(rb: Runbook, sample_seconds: float = 10, large_table_rows: int = 1000
 
 
 def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """Per statement, what happened between two snapshots (a statement evicted or reset in
-    between counts from zero). Other roles' statements (NULL queryid) are folded per role first,
-    in both snapshots: merging on NULL keys would pair each with all the others."""
-    before, after = _fold_hidden(before), _fold_hidden(after)
+    """Per statement, what happened between two snapshots of one_row_per_statement (a
+    statement evicted or reset in between counts from zero)."""
     merged = after.merge(before[KEY + COUNTERS], on=KEY, how="left", suffixes=("", "_before"))
     for c in COUNTERS:
         prev = merged[f"{c}_before"].fillna(0)
@@ -120,23 +133,6 @@ def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     total = merged["total_exec_time"].sum()
     merged["time_share"] = merged["total_exec_time"] / total if total > 0 else 0.0
     return merged.sort_values("total_exec_time", ascending=False)
-
-
-HIDDEN = "<insufficient privilege>"
-
-
-def _fold_hidden(df: pd.DataFrame) -> pd.DataFrame:
-    """Statements of other roles we may not see (NULL queryid, text '<insufficient
-    privilege>'), folded into one row per role and database: their time still counts."""
-    hidden = df["queryid"].isna()
-    if not hidden.any():
-        return df
-    folded = (df[hidden].groupby(["userid", "dbid", "user", "database", "current_db"],
-                                 dropna=False)[COUNTERS].sum().reset_index())
-    folded["queryid"] = "hidden:" + folded["userid"].astype(str) + ":" + folded["dbid"].astype(str)
-    folded["query"] = (f"{HIDDEN}: statements of role " + folded["user"].astype(str)
-                       + " (grant pg_read_all_stats to see them)")
-    return pd.concat([df[~hidden], folded], ignore_index=True)
 
 
 def _window_statements(rb: Runbook) -> pd.DataFrame:
