@@ -43,10 +43,15 @@ class Deadlock:
         return bool(self.edges)
 
 
+# literals and parameters, in order (RE2-compatible: logs.normalized applies them vectorized)
+LITERALS = (r"'(?:[^']|'')*'", r"\$\d+|\b\d+(?:\.\d+)?\b")
+
+
 def normalize_sql(text: str) -> str:
     """Literals and parameters become '?', so the same statement with other values matches."""
-    text = re.sub(r"'(?:[^']|'')*'", "?", text or "")
-    text = re.sub(r"\$\d+|\b\d+(?:\.\d+)?\b", "?", text)
+    text = text or ""
+    for pattern in LITERALS:
+        text = re.sub(pattern, "?", text)
     return " ".join(text.split())
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import deadlocks, latency, logs, present, queries, sqlstate
+from . import deadlocks, latency, logparse, logs, present, queries, sqlstate
 from .errors import SkipStep
 from .findings import Finding, Metric, grade, ratio, records
 from .runbook import Runbook, step
@@ -103,41 +103,49 @@ def open_risk(rb: Runbook, long_transaction_warning_s: float = 3600,
 
 # -- step 3: the server log --------------------------------------------------------------------
 
-ERROR_COLUMNS = ["log_time", "user", "database", "application", "severity", "sqlstate",
+ERROR_COLUMNS = ["time", "log_time", "user", "database", "application", "severity", "sqlstate",
                  "message", "detail", "context", "query"]
 
 
 @step("log")
-def read_log(rb: Runbook, log_source: str = "auto", since: str = "1h",
-             max_mb: float = 50) -> pd.DataFrame:
-    """The errors (ERROR, FATAL, PANIC) of the window from the server log: through SQL for
-    'auto' (the last MAX_MB), or streamed from a csvlog path/glob (any size)."""
+def read_log(rb: Runbook, log_source: str = "auto", since: str = "1h", max_mb: float = 50,
+             log_line_prefix: str = "") -> pd.DataFrame:
+    """The errors (ERROR, FATAL, PANIC) of the window from the server log, in one streaming
+    pass: through SQL for 'auto' (the last MAX_MB), or whole csvlog / jsonlog / stderr files
+    from a path or glob. The setup is checked first, and a blind spot is a finding."""
     start = logs.parse_since(since) or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    session = None if log_source not in ("", "auto") else rb.session
+    session = rb.session if log_source in ("", "auto") else rb.session_or_none()
     if session is not None:
         setting = session.facts.settings.get("log_min_error_statement", "error")
         if setting in ("log", "fatal", "panic"):
             rb.skip("log_statements", f"log_min_error_statement is {setting}: failing "
                     "statements are not logged; set it to error")
-    if log_source.endswith(".csv"):
-        scan = logs.Scan()
-        rows = logs.scan_records(log_source, list(sqlstate.table()), ERROR_COLUMNS, scan)
-        source, malformed = log_source, scan.malformed
-    else:
-        read = logs.read(session, log_source, int(max_mb * 2**20))
-        rows, source, malformed = read.records, read.source, read.malformed
-    df = pd.DataFrame(rows, columns=ERROR_COLUMNS)
-    df = df[df["severity"].isin(logs.ERROR_LEVELS)].copy()
-    df["time"] = pd.to_datetime(pd.Series([logs.parse_time(t) for t in df["log_time"]],
-                                          index=df.index, dtype=object), utc=True)
-    df = df[df["time"] >= pd.Timestamp(start)]
+    scan = logs.scan_source(session, log_source, start, log_line_prefix, int(max_mb * 2**20),
+                            durations=False)
+    prefix = log_line_prefix or (session.facts.settings.get("log_line_prefix", "")
+                                 if session is not None else "")
+    stderr = any(logparse.kind(f) == "stderr" for f in scan.files)
+    problems = logs.setup_problems(scan, prefix, stderr)
+    df = pd.DataFrame(list(scan.errors), columns=ERROR_COLUMNS)
     rb.data["errors"] = df
+    rb.data["error_counts"] = scan.errors_by_sqlstate
     rb.data["log_since"] = start
-    present.show_text(f"{len(df)} errors since {start:%Y-%m-%d %H:%M:%S} UTC from {source}"
-                      + (f"; {malformed} malformed lines skipped" if malformed else ""))
-    if malformed:
-        rb.add(Finding("log_malformed", "info", f"{malformed} malformed log lines skipped",
-                       f"source {source}: truncated or foreign lines; the counts exclude them"))
+    newest = f"; newest record {scan.newest:%Y-%m-%d %H:%M:%S} UTC" if scan.newest else ""
+    present.show_text(f"{sum(scan.errors_by_sqlstate.values())} errors since "
+                      f"{start:%Y-%m-%d %H:%M:%S} UTC in {scan.in_window} of {scan.records} "
+                      f"records read from {scan.source} ({len(scan.files)} file(s){newest})"
+                      + (f"; {scan.malformed} malformed records skipped" if scan.malformed else ""))
+    if problems:
+        rb.add(Finding("log_setup", "warning", "The server log cannot be fully trusted: "
+                       + problems[0][:200], "; ".join(problems[1:]) or f"source {scan.source}",
+                       evidence=[{"problem": p} for p in problems],
+                       remediation="fix the logging setup as said, then re-run this runbook"))
+    if scan.malformed:
+        rb.add(Finding("log_malformed", "info", f"{scan.malformed} malformed log records skipped",
+                       f"source {scan.source}: truncated or foreign lines; the counts exclude them"))
+    if len(df) >= logs.MAX_ERRORS:
+        present.show_text(f"the tables below use the latest {logs.MAX_ERRORS} errors; the "
+                          "counts by SQLSTATE are exact")
     return df
 
 
@@ -157,6 +165,7 @@ def by_sqlstate(rb: Runbook) -> pd.DataFrame:
     if df.empty:
         rb.add(Finding("errors", "ok", f"No error logged since {since:%H:%M:%S} UTC"))
         return df
+    df = df.assign(sqlstate=df["sqlstate"].fillna(""))
     df = df.assign(
         name=[sqlstate.detail_name(c, m) for c, m in zip(df["sqlstate"], df["message"], strict=True)],
         category=[sqlstate.category(c) for c in df["sqlstate"]],
@@ -165,6 +174,10 @@ def by_sqlstate(rb: Runbook) -> pd.DataFrame:
                .agg(count=("time", "size"), first=("time", "min"), last=("time", "max"))
                .reset_index().sort_values("count", ascending=False))
     table["class"] = [sqlstate.lookup(c).class_name for c in table["sqlstate"]]
+    exact = rb.data.get("error_counts", {})
+    if sum(exact.values()) > len(df):  # the tables keep the latest errors; counts stay exact
+        table["count"] = [exact.get(c or "(none)", n) for c, n in
+                          zip(table["sqlstate"], table["count"], strict=True)]
     present.show_table(table, "errors by SQLSTATE")
     per_min = (df.assign(minute=df["time"].dt.floor("min")).groupby(["minute", "category"])
                  .size().rename("errors").reset_index())
@@ -257,7 +270,8 @@ def run_all(rb: Runbook, **p: Any) -> dict[str, Any]:
     counters(rb, p.get("sample_seconds", 10), p.get("rollback_rate_warning", 0.02),
              p.get("rollback_rate_critical", 0.05))
     open_risk(rb)
-    read_log(rb, p.get("log_source", "auto"), p.get("since", "1h"))
+    read_log(rb, p.get("log_source", "auto"), p.get("since", "1h"), p.get("log_max_mb", 50),
+             p.get("log_line_prefix", ""))
     by_sqlstate(rb)
     deadlock_cycles(rb)
     fk_violations(rb)

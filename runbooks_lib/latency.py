@@ -235,7 +235,7 @@ def _fallback_from_samples(rb: Runbook) -> None:
 @step("slow_share")
 def slow_share(rb: Runbook, log_source: str = "auto", slow_query_ms: float = 2000,
                slow_query_share_warning: float = 0.10, p95_target_ms: float = 200,
-               since: str = "") -> dict[str, Any]:
+               since: str = "", log_line_prefix: str = "") -> dict[str, Any]:
     """Durations from the server log (never guessed): the share of calls slower than
     SLOW_QUERY_MS and the p95, against the seed's targets."""
     s = rb.session
@@ -245,30 +245,32 @@ def slow_share(rb: Runbook, log_source: str = "auto", slow_query_ms: float = 200
                        "durations; set it (0 logs every statement) or pass log_source")
     start = (logs.parse_since(since) or rb.data.get("window_start")
              or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
-    read = logs.read(s, log_source)
-    d = logs.durations(read.records, start)
+    scan = logs.scan_source(s, log_source, start, log_line_prefix, slow_ms=slow_query_ms,
+                            errors=False)
+    d = scan.durations
     calls = None
     if "stmts_after" in rb.data and "stmts_skip" not in rb.data:
         calls = int(_window_statements(rb)["calls"].sum())
-    result: dict[str, Any] = {"source": read.source, "logged": len(d), "window_calls": calls,
+    result: dict[str, Any] = {"source": scan.source, "logged": d.count, "window_calls": calls,
                               "log_min_duration_statement_ms": lmds}
-    present.show_text(f"durations from {read.source} since {start:%H:%M:%S} UTC: {len(d)} "
+    present.show_text(f"durations from {scan.source} since {start:%H:%M:%S} UTC: {d.count} "
                       f"logged (log_min_duration_statement = {lmds} ms)"
-                      + (f"; {read.malformed} malformed lines skipped" if read.malformed else ""))
-    n_slow = int((d["duration_ms"] > slow_query_ms).sum()) if len(d) else 0
-    if lmds == 0 and len(d):
-        total = len(d)
-        p95 = float(d["duration_ms"].quantile(0.95))
+                      + (f"; {scan.malformed} malformed records skipped" if scan.malformed else ""))
+    n_slow = d.over
+    if lmds == 0 and d.count:
+        total = d.count
+        p95 = d.quantile(0.95)
         share = n_slow / total
         result.update(p95_ms=p95, slow_share=share)
         rb.add(Finding("p95_latency", "warning" if p95 > p95_target_ms else "ok",
                        f"p95 statement time {p95:.1f} ms over {total} logged statements "
                        f"(target {p95_target_ms:g} ms)",
-                       f"source: {read.source}; every statement is logged "
-                       "(log_min_duration_statement = 0)",
+                       f"source: {scan.source}; every statement is logged "
+                       "(log_min_duration_statement = 0); the p95 is read from a histogram "
+                       "with 0.1 % resolution",
                        metric=Metric("p95_ms", round(p95, 2), p95_target_ms)))
     elif calls and 0 <= lmds <= slow_query_ms:
-        over = len(d)
+        over = d.count
         share = n_slow / calls
         result.update(slow_share=share)
         bound = (f"p95 is below {lmds} ms ({over} of {calls} calls took longer)"
@@ -277,17 +279,20 @@ def slow_share(rb: Runbook, log_source: str = "auto", slow_query_ms: float = 200
                  f"log_min_duration_statement ({lmds} ms)")
         present.show_text(bound)
     else:
-        raise SkipStep(f"not measurable: {len(d)} logged durations and "
+        raise SkipStep(f"not measurable: {d.count} logged durations and "
                        f"{'no' if not calls else calls} calls counted in the window; "
                        f"log_min_duration_statement is {lmds} ms (needs 0, or at most "
                        f"{slow_query_ms:g} ms with pg_stat_statements)")
+    if d.statements:
+        present.show_table(pd.DataFrame(list(logs.statements(d))).head(10),
+                           "logged statements by total time")
     warn = ratio(slow_query_share_warning)
     share = float(result.get("slow_share", 0.0))
-    slowest = d.sort_values("duration_ms", ascending=False).head(10) if len(d) else d
+    slowest = pd.DataFrame(d.slowest)
     rb.add(Finding("slow_query_share", grade(share, warn, 1.0),
                    f"{share:.1%} of statements slower than {slow_query_ms:g} ms ({n_slow} of "
-                   f"{calls if calls and lmds != 0 else len(d)})",
-                   f"source: {read.source}",
+                   f"{calls if calls and lmds != 0 else d.count})",
+                   f"source: {scan.source}",
                    metric=Metric("slow_query_share", round(share, 4), warn),
                    evidence=records(slowest),
                    remediation="" if share <= warn else
@@ -915,7 +920,7 @@ def run_all(rb: Runbook, sample_seconds: float = 10, **p: Any) -> dict[str, Any]
     top_queries(rb, p.get("dominant_share", 0.30), p.get("slow_query_ms", 2000))
     slow_share(rb, p.get("log_source", "auto"), p.get("slow_query_ms", 2000),
                p.get("slow_query_share_warning", 0.10), p.get("p95_target_ms", 200),
-               p.get("since", ""))
+               p.get("since", ""), p.get("log_line_prefix", ""))
     load(rb, p.get("lock_share_warning", 0.5))
     blocking(rb, p.get("blocking_warning_s", 60), p.get("blocking_critical_s", 120))
     long_running(rb, p.get("long_query_warning_s", 60), p.get("long_query_critical_s", 600),

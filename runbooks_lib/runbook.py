@@ -150,6 +150,14 @@ class Runbook:
         assert self._session is not None
         return self._session
 
+    def session_or_none(self) -> Session | None:
+        """The session when the server can be reached, else None: for steps that also work
+        without it (a log read from files)."""
+        try:
+            return self.session
+        except SkipStep:
+            return None
+
     def cached(self, key: str, compute: Callable[[], R]) -> R:
         """COMPUTE once per run and share it between steps; a SkipStep is remembered too, so a
         slow query that timed out is not retried by every step that needs it."""

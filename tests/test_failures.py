@@ -155,6 +155,28 @@ def test_malformed_log_file_is_counted(tmp_path: Path, failures_rb: Callable[...
     assert "22012 division_by_zero x2" in bug.title
 
 
+def test_stderr_log_with_its_prefix_and_with_a_wrong_one(
+        quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
+    since = since_now()
+    raised = inc.failing_statements(quiet.url("app"))
+    pattern = str(quiet.log_dir / "*.log")
+    rb = failures_rb()
+
+    def logged() -> bool:
+        fx.read_log(rb, pattern, since)  # the prefix: the server's
+        return bool(rb.data["error_counts"] == raised)
+
+    retry(logged, timeout=10, interval=0.3)
+    fx.by_sqlstate(rb)
+    assert by_check(rb, "errors_integrity") and not by_check(rb, "log_setup")
+    wrong = failures_rb()
+    fx.read_log(wrong, pattern, since, log_line_prefix="%t [%p]: user=%u,db=%d ")
+    (f,) = by_check(wrong, "log_setup")
+    assert f.severity == "warning" and "%e (SQLSTATE)" in f.title and "%a" in f.title
+    assert "another prefix" in f.detail
+    assert not wrong.report.errors
+
+
 @pytest.mark.slow
 def test_transaction_failures_notebook_headless(quiet: Sandbox, tmp_path: Path) -> None:
     since = since_now()

@@ -1,47 +1,115 @@
-"""Reading the server log: real errors raised on the sandbox are counted by SQLSTATE, the
-vectorized scan agrees with the plain csv parser, and bad input never crashes."""
+"""Reading the server log: real errors raised on the sandbox are counted the same from its csvlog,
+jsonlog and stderr files (and as Python's csv module counts them), multi-line records survive
+block boundaries, durations give the right quantiles, and bad input (malformed lines, a wrong or
+thin prefix, a file rotated or removed mid-read, no file at all) is a clear note, never a crash."""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import glob
+import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from runbooks_lib import logs
+from runbooks_lib import deadlocks, logparse, logs
 from runbooks_lib.errors import SkipStep
 from runbooks_lib.sandbox import incidents
 from runbooks_lib.sandbox.server import Sandbox
 
 from .conftest import retry
 
+PREFIX = "%m [%p] %q%u@%d %a %e "
 
-def csv_module_counts(pattern: str) -> dict[str, int]:
-    """The reference: the same files through Python's csv module."""
+
+def csv_module_counts(pattern: str, since: dt.datetime) -> dict[str, int]:
+    """The reference: the same csvlog files through Python's csv module."""
     counts: dict[str, int] = {}
-    for path in sorted(Path(p) for p in glob.glob(pattern)):
-        records, _ = logs.parse_csvlog(path.read_text(errors="replace"))
-        for r in records:
-            if r["severity"] in logs.ERROR_LEVELS:
-                counts[r["sqlstate"]] = counts.get(r["sqlstate"], 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    for path in sorted(glob.glob(pattern)):
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            for row in csv.reader(fh):
+                when = dt.datetime.fromisoformat(row[0].replace(" UTC", "+00:00"))
+                if row[11] in logs.ERROR_LEVELS and when >= since:
+                    counts[row[12]] = counts.get(row[12], 0) + 1
+    return counts
 
 
-def test_real_errors_are_counted_by_sqlstate(quiet: Sandbox) -> None:
-    pattern = str(quiet.log_dir / "*.csv")
-    before = logs.scan_errors(pattern).errors_by_sqlstate
+def scan(pattern: str, since: dt.datetime | None = None, prefix: str = PREFIX,
+         **kw: object) -> logs.Scan:
+    return logs.scan(logs.local_files(pattern), pattern, since, prefix, **kw)  # type: ignore[arg-type]
+
+
+def test_formats_agree_on_real_errors(quiet: Sandbox) -> None:
+    since = dt.datetime.now(dt.UTC)
     raised = incidents.failing_statements(quiet.url("app"), times=3)
     raised["40P01"] = incidents.deadlock(quiet.url("app"))
     assert raised == {"23503": 3, "23505": 3, "22012": 3, "42P01": 3, "57014": 3, "40P01": 1}
+    kinds = ["*.csv", "*.log"] + (["*.json"] if quiet.major >= 15 else [])
 
-    def logged() -> bool:
-        after = logs.scan_errors(pattern).errors_by_sqlstate
-        return all(after.get(c, 0) - before.get(c, 0) == n for c, n in raised.items())
+    def logged() -> bool:  # the logging collector writes asynchronously
+        return all(scan(str(quiet.log_dir / k), since).errors_by_sqlstate == raised for k in kinds)
 
-    retry(logged, timeout=10, interval=0.3)  # the logging collector writes asynchronously
-    scan = logs.scan_errors(pattern)
-    assert scan.malformed == 0 and scan.records > 0
-    assert scan.errors_by_sqlstate == csv_module_counts(pattern)
+    retry(logged, timeout=10, interval=0.3)
+    assert csv_module_counts(str(quiet.log_dir / "*.csv"), since) == raised
+    for k in kinds:
+        got = scan(str(quiet.log_dir / k), since)
+        assert got.malformed == 0 and got.counts.unmatched == 0 and not got.notes, k
+        (dl,) = [r for r in got.errors if r["sqlstate"] == "40P01"]
+        cycle = deadlocks.parse(dl)
+        assert len(cycle.edges) == 2 and cycle.relations == ["users"], (k, dl["detail"])
+        assert dl["query"].startswith("UPDATE users") and dl["application"] == "cosnap-backend"
+        fk = next(r for r in got.errors if r["sqlstate"] == "23503")
+        assert fk["user"] == "app" and fk["database"] == "cosnap" and fk["detail"], k
+
+
+STDERR = """\
+2026-11-27 10:00:00.100 UTC [11] app@cosnap api 00000 LOG:  duration: 1.500 ms  statement: SELECT 1
+2026-11-27 10:00:00.200 UTC [12] app@cosnap api 40P01 ERROR:  deadlock detected
+2026-11-27 10:00:00.200 UTC [12] app@cosnap api 40P01 DETAIL:  Process 12 waits for \
+ShareLock on transaction 5; blocked by process 13.
+\tProcess 13 waits for ShareLock on transaction 4; blocked by process 12.
+\tProcess 12: UPDATE a SET x = 1 WHERE id = 1
+\tProcess 13: UPDATE a SET x = 1 WHERE id = 2
+2026-11-27 10:00:00.200 UTC [12] app@cosnap api 40P01 HINT:  See server log for query details.
+2026-11-27 10:00:00.200 UTC [12] app@cosnap api 40P01 CONTEXT:  while updating tuple (0,1) in relation "a"
+2026-11-27 10:00:00.200 UTC [12] app@cosnap api 40P01 STATEMENT:  UPDATE a
+\t  SET x = 1 WHERE id = 1
+2026-11-27 10:00:00.300 UTC [7] LOG:  checkpoint starting: time
+"""
+
+
+@pytest.mark.parametrize("block", [0, 200, 900])
+def test_stderr_records_survive_block_boundaries(tmp_path: Path, block: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if block:
+        monkeypatch.setattr(logparse, "BLOCK", block)
+    path = tmp_path / "postgresql.log"
+    path.write_text(STDERR * 3)
+    got = scan(str(path))
+    assert got.records == 9 and got.counts.unmatched == 0
+    assert got.errors_by_sqlstate == {"40P01": 3}
+    for r in got.errors:
+        assert deadlocks.parse(r).statements == {12: "UPDATE a SET x = 1 WHERE id = 1",
+                                                 13: "UPDATE a SET x = 1 WHERE id = 2"}
+        assert r["query"] == "UPDATE a\n  SET x = 1 WHERE id = 1" and r["hint"].startswith("See server log")
+        assert r["context"].startswith("while updating tuple")
+    assert got.durations.count == 3 and got.durations.statements == {"SELECT ?": [3, 4.5, 1.5]}
+
+
+def test_wrong_or_thin_prefix_says_what_to_add(tmp_path: Path) -> None:
+    path = tmp_path / "postgresql.log"
+    path.write_text(STDERR)
+    wrong = "%t [%p]: [%l-1] user=%u,db=%d "
+    got = scan(str(path), prefix=wrong)
+    assert got.records == 0 and got.counts.unmatched == 7
+    (problem, missing) = logs.setup_problems(got, wrong, True)[::-1][:2][::-1]
+    assert "lacks %e (SQLSTATE), %a (application name)" in problem
+    assert "do not match log_line_prefix" in missing and "another prefix" in missing
+    assert logparse.prefix_missing(PREFIX) == []
+    assert logs.setup_problems(scan(str(path)), PREFIX, True) == []
 
 
 def test_malformed_and_truncated_lines_are_counted_not_fatal(tmp_path: Path) -> None:
@@ -50,14 +118,62 @@ def test_malformed_and_truncated_lines_are_counted_not_fatal(tmp_path: Path) -> 
             'constraint ""users_email_key""","Key (email)=(a@b.c) already exists.",,,,,'
             '"INSERT INTO users ...",,,"cosnap-backend","client backend",,0\n')
     multi = good.replace('"INSERT INTO users ..."', '"INSERT INTO users\nVALUES (1)"')
-    text = good + "this is not a csvlog line\n" + multi + good + good[: len(good) // 2]
-    path = tmp_path / "postgresql.csv"
-    path.write_text(text)
-    scan = logs.scan_errors(str(path))
-    assert scan.errors_by_sqlstate == {"23505": 3}
-    assert scan.malformed == 2  # the garbage line and the truncated last record
+    (tmp_path / "postgresql.csv").write_text(
+        good + "this is not a csvlog line\n" + multi + good + good[: len(good) // 2])
+    got = scan(str(tmp_path / "*.csv"))
+    assert got.errors_by_sqlstate == {"23505": 3}
+    assert got.malformed == 2  # the garbage line and the truncated last record
+    record = ('{"timestamp":"2026-11-27 23:35:17.123 UTC","user":"app","dbname":"cosnap",'
+              '"pid":5,"error_severity":"ERROR","state_code":"22012","message":"division by zero"}')
+    (tmp_path / "postgresql.json").write_text(
+        record + "\n{not json\n" + record + "\n" + record[:40])
+    got = scan(str(tmp_path / "*.json"))
+    assert got.errors_by_sqlstate == {"22012": 2} and got.malformed == 2
+
+
+def test_rotated_or_removed_mid_read_is_noted(tmp_path: Path) -> None:
+    for name in ("a.log", "b.log", "c.log"):
+        (tmp_path / name).write_text(STDERR)
+    listed = logs.local_files(str(tmp_path / "*.log"))
+    (tmp_path / "a.log").unlink()  # rotated away after the listing
+    (tmp_path / "b.log").write_text(STDERR[:150])  # truncated on rotation
+    got = logs.scan(listed, "test", prefix=PREFIX)
+    assert got.errors_by_sqlstate == {"40P01": 1}  # c.log's deadlock; b.log lost its own
+    assert len(got.notes) == 2
+    assert "a.log: could not be read" in got.notes[0] and "b.log: shrank" in got.notes[1]
 
 
 def test_missing_log_file_is_a_clear_skip(tmp_path: Path) -> None:
     with pytest.raises(SkipStep, match="no log file matches"):
-        logs.scan_errors(str(tmp_path / "*.csv"))
+        logs.local_files(str(tmp_path / "*.csv"))
+
+
+def test_window_skips_old_files_and_old_records(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.log", tmp_path / "new.log"
+    old.write_text(STDERR)
+    new.write_text(STDERR.replace("2026-11-27 10:00:00.2", "2026-11-27 11:00:00.2"))
+    os.utime(old, (0, 0))
+    got = scan(str(tmp_path / "*.log"), dt.datetime(2026, 11, 27, 10, 30, tzinfo=dt.UTC))
+    assert got.files == [str(new)] and got.errors_by_sqlstate == {"40P01": 1}
+    assert got.in_window == 1 and got.newest == dt.datetime(2026, 11, 27, 11, 0, 0, 200000,
+                                                            tzinfo=dt.UTC)
+
+
+def test_duration_quantiles_within_a_tenth_of_a_percent(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    values = np.round(rng.lognormal(1.0, 1.5, 20_000), 3)
+    lines = [f"2026-11-27 10:00:00.100 UTC [1] app@cosnap api 00000 LOG:  duration: {v:.3f} ms"
+             f"  execute <unnamed>: SELECT {i % 7}\n" for i, v in enumerate(values)]
+    lines.append("2026-11-27 10:00:00.100 UTC [1] app@cosnap api 00000 LOG:  duration: 9 ms"
+                 "  parse <unnamed>: SELECT 1\n")  # parse/bind are not statements run
+    path = tmp_path / "d.log"
+    path.write_text("".join(lines))
+    got = scan(str(path), slow_ms=10.0)
+    d = got.durations
+    assert d.count == len(values) and d.over == int((values > 10.0).sum())
+    for q in (0.5, 0.95, 0.99):
+        exact = float(np.quantile(values, q, method="inverted_cdf"))
+        assert exact <= d.quantile(q) <= exact * 1.001 + 1e-3, q
+    assert list(d.statements) == ["SELECT ?"] and d.statements["SELECT ?"][0] == len(values)
+    assert d.slowest[0]["duration_ms"] == values.max() and len(d.slowest) == 10
+    assert math.isnan(logs.Durations().quantile(0.95))

@@ -63,7 +63,7 @@ def test_query_ladder_skips_features_the_server_lacks() -> None:
 
 def test_every_query_file_runs_on_the_sandbox(sandbox: Sandbox) -> None:
     params = {"application": "x", "older_than_s": 1.0, "dry_run": True, "pids": [],
-              "pattern": "%.csv", "query_s": 60, "xact_s": 3600, "mode": "cancel", "oids": [],
+              "query_s": 60, "xact_s": 3600, "mode": "cancel", "oids": [],
               "min_rows": 0, "min_bytes": 0, "showtext": True, "names": []}
     with Session(resolve(sandbox.url("monitor"))) as s:
         for path in sorted(resources.files(queries).iterdir(), key=lambda p: p.name):

@@ -10,4 +10,4 @@ SELECT name, setting
                 'log_connections', 'log_disconnections', 'shared_preload_libraries',
                 'track_io_timing', 'data_directory', 'tcp_keepalives_idle',
                 'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold',
-                'log_min_error_statement');
+                'log_min_error_statement', 'log_timezone');

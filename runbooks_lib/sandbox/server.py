@@ -176,7 +176,7 @@ def _pg_ctl(sb: Sandbox, *args: str, check: bool = True) -> subprocess.Completed
 
 
 def _config(sb: Sandbox) -> str:
-    dest = "csvlog,jsonlog" if sb.major >= 15 else "csvlog"
+    dest = "stderr,csvlog,jsonlog" if sb.major >= 15 else "stderr,csvlog"
     return f"""
 # pg-runbooks sandbox: an observable production-like server on 127.0.0.1 only
 listen_addresses = '127.0.0.1'
