@@ -140,7 +140,7 @@ def pgbadger(path: Path, fmt: str, work: Path) -> dict[str, Any]:
     out = work / f"pgbadger-{fmt}.json"
     cmd = ["pgbadger", "-j", "1", "-q", "-f", fmt, "-o", str(out), str(path)]
     if fmt == "stderr":
-        cmd[5:5] = ["--prefix", PREFIX]
+        cmd[6:6] = ["--prefix", PREFIX]
     wrapper = ("import resource, subprocess, sys, time, json; t0 = time.perf_counter(); "
                "subprocess.run(sys.argv[1:], check=True); "
                "print(json.dumps({'seconds': time.perf_counter() - t0, 'peak_rss_mb': "
@@ -163,10 +163,14 @@ def pgbadger(path: Path, fmt: str, work: Path) -> dict[str, Any]:
 
 
 def pgbadger_counts(by_message: dict[str, Any], codes_of: dict[str, list[str]]) -> dict[str, int]:
-    """Errors by SQLSTATE from pgBadger's per-message counts (class 00, events, left out)."""
+    """Errors by SQLSTATE from pgBadger's per-message counts. Left out: class 00 and the events
+    pgBadger lists with the errors but that carry no SQLSTATE in any format (LOG lines of the
+    postmaster and startup processes: 'database system was shut down', 'parameter changed')."""
     counts: dict[str, int] = {}
     for message, (n, codes) in by_message.items():
         codes = codes or codes_of.get(message, [])
+        if not codes:  # an event of a process without SQLSTATE (startup, reload): not an error
+            continue
         if len(codes) != 1:
             counts[f"?{message[:60]}"] = n
             continue

@@ -43,16 +43,13 @@ class Deadlock:
         return bool(self.edges)
 
 
-# literals and parameters, in order (RE2-compatible: logs.normalized applies them vectorized)
-LITERALS = (r"'(?:[^']|'')*'", r"\$\d+|\b\d+(?:\.\d+)?\b")
+# literals and parameters (RE2-compatible: logs.normalized applies it vectorized)
+LITERALS = r"'(?:[^']|'')*'|\$\d+|\b\d+(?:\.\d+)?\b"
 
 
 def normalize_sql(text: str) -> str:
     """Literals and parameters become '?', so the same statement with other values matches."""
-    text = text or ""
-    for pattern in LITERALS:
-        text = re.sub(pattern, "?", text)
-    return " ".join(text.split())
+    return " ".join(re.sub(LITERALS, "?", text or "").split())
 
 
 def lock_kind(target: str) -> str:
