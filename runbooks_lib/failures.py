@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import deadlocks, latency, logparse, logs, present, queries, sqlstate
+from . import deadlocks, latency, logs, present, queries, sqlstate
 from .errors import SkipStep
 from .findings import Finding, Metric, grade, ratio, records
 from .runbook import Runbook, step
@@ -122,10 +122,6 @@ def read_log(rb: Runbook, log_source: str = "auto", since: str = "1h", max_mb: f
                     "statements are not logged; set it to error")
     scan = logs.scan_source(session, log_source, start, log_line_prefix, int(max_mb * 2**20),
                             durations=False)
-    prefix = log_line_prefix or (session.facts.settings.get("log_line_prefix", "")
-                                 if session is not None else "")
-    stderr = any(logparse.kind(f) == "stderr" for f in scan.files)
-    problems = logs.setup_problems(scan, prefix, stderr)
     df = pd.DataFrame(list(scan.errors), columns=ERROR_COLUMNS)
     rb.data["errors"] = df
     rb.data["error_counts"] = scan.errors_by_sqlstate
@@ -135,14 +131,7 @@ def read_log(rb: Runbook, log_source: str = "auto", since: str = "1h", max_mb: f
                       f"{start:%Y-%m-%d %H:%M:%S} UTC in {scan.in_window} of {scan.records} "
                       f"records read from {scan.source} ({len(scan.files)} file(s){newest})"
                       + (f"; {scan.malformed} malformed records skipped" if scan.malformed else ""))
-    if problems:
-        rb.add(Finding("log_setup", "warning", "The server log cannot be fully trusted: "
-                       + problems[0][:200], "; ".join(problems[1:]) or f"source {scan.source}",
-                       evidence=[{"problem": p} for p in problems],
-                       remediation="fix the logging setup as said, then re-run this runbook"))
-    if scan.malformed:
-        rb.add(Finding("log_malformed", "info", f"{scan.malformed} malformed log records skipped",
-                       f"source {scan.source}: truncated or foreign lines; the counts exclude them"))
+    rb.add(logs.setup_findings(scan))
     if len(df) >= logs.MAX_ERRORS:
         present.show_text(f"the tables below use the latest {logs.MAX_ERRORS} errors; the "
                           "counts by SQLSTATE are exact")

@@ -248,6 +248,7 @@ def slow_share(rb: Runbook, log_source: str = "auto", slow_query_ms: float = 200
     scan = logs.scan_source(s, log_source, start, log_line_prefix, slow_ms=slow_query_ms,
                             errors=False)
     d = scan.durations
+    rb.add(logs.setup_findings(scan))
     calls = None
     if "stmts_after" in rb.data and "stmts_skip" not in rb.data:
         calls = int(_window_statements(rb)["calls"].sum())

@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import deadlocks, logparse, queries
 from .errors import SkipStep
+from .findings import Finding
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -162,6 +163,7 @@ class Scan:
 
     source: str
     since: dt.datetime | None = None
+    prefix: str = ""  # the log_line_prefix stderr files were read with
     files: list[str] = field(default_factory=list)
     counts: logparse.Counts = field(default_factory=logparse.Counts)
     in_window: int = 0
@@ -201,7 +203,7 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
     """One streaming pass over FILES (oldest first): errors by SQLSTATE and durations of the
     records at or after SINCE. With MAX_BYTES, only the last that many bytes of the newest
     files. A file that vanishes or shrinks while it is read (rotation) is noted, not fatal."""
-    out = Scan(source=source, since=since)
+    out = Scan(source=source, since=since, prefix=prefix)
     budget = max_bytes if max_bytes is not None else math.inf
     chosen: list[tuple[LogFile, int]] = []
     for f in reversed(files):
@@ -400,11 +402,12 @@ def scan_source(session: Session | None, log_source: str, since: dt.datetime | N
     return scan(files, source, since, prefix, slow_ms, reader, limit, errors, durations)
 
 
-def setup_problems(result: Scan, prefix: str, fmt_stderr: bool) -> list[str]:
+def setup_problems(result: Scan) -> list[str]:
     """Why a scan may be blind: a prefix that lacks fields or does not match, files that could
     not be read. Empty when the log can be trusted."""
     problems = list(result.notes)
-    if fmt_stderr:
+    if any(logparse.kind(f) == "stderr" for f in result.files):
+        prefix = result.prefix
         missing = logparse.prefix_missing(prefix)
         if missing:
             problems.append(f"log_line_prefix '{prefix}' lacks {', '.join(missing)}: add them, "
@@ -416,3 +419,21 @@ def setup_problems(result: Scan, prefix: str, fmt_stderr: bool) -> list[str]:
                             "pass the one they were written with as log_line_prefix")
     return problems
 
+
+def setup_findings(result: Scan) -> list[Finding]:
+    """The scan's blind spots as findings: a log that cannot be trusted warns (never a silently
+    empty report); malformed records are information."""
+    found = []
+    problems = setup_problems(result)
+    if problems:
+        found.append(Finding("log_setup", "warning",
+                             "The server log cannot be fully trusted: " + problems[0][:200],
+                             "; ".join(problems[1:]) or f"source {result.source}",
+                             evidence=[{"problem": p} for p in problems],
+                             remediation="fix the logging setup as said, then re-run"))
+    if result.malformed:
+        found.append(Finding("log_malformed", "info",
+                             f"{result.malformed} malformed log records skipped",
+                             f"source {result.source}: truncated or foreign lines; the counts "
+                             "exclude them"))
+    return found

@@ -105,11 +105,11 @@ def test_wrong_or_thin_prefix_says_what_to_add(tmp_path: Path) -> None:
     wrong = "%t [%p]: [%l-1] user=%u,db=%d "
     got = scan(str(path), prefix=wrong)
     assert got.records == 0 and got.counts.unmatched == 7
-    (problem, missing) = logs.setup_problems(got, wrong, True)[::-1][:2][::-1]
+    (problem, missing) = logs.setup_problems(got)
     assert "lacks %e (SQLSTATE), %a (application name)" in problem
     assert "do not match log_line_prefix" in missing and "another prefix" in missing
     assert logparse.prefix_missing(PREFIX) == []
-    assert logs.setup_problems(scan(str(path)), PREFIX, True) == []
+    assert logs.setup_problems(scan(str(path))) == []
 
 
 def test_malformed_and_truncated_lines_are_counted_not_fatal(tmp_path: Path) -> None:
@@ -177,3 +177,16 @@ def test_duration_quantiles_within_a_tenth_of_a_percent(tmp_path: Path) -> None:
     assert list(d.statements) == ["SELECT ?"] and d.statements["SELECT ?"][0] == len(values)
     assert d.slowest[0]["duration_ms"] == values.max() and len(d.slowest) == 10
     assert math.isnan(logs.Durations().quantile(0.95))
+
+
+def test_duration_without_statement_and_extended_protocol(tmp_path: Path) -> None:
+    lines = ["LOG:  duration: 5.000 ms",  # log_duration: the statement was logged before
+             "LOG:  duration: 0.100 ms  parse S_1: SELECT $1",
+             "LOG:  duration: 0.200 ms  bind S_1: SELECT $1",
+             "LOG:  duration: 7.000 ms  execute S_1: SELECT $1",
+             "DETAIL:  parameters: $1 = '42'"]
+    path = tmp_path / "p.log"
+    path.write_text("".join(f"2026-11-27 10:00:00.100 UTC [1] a@b c 00000 {ln}\n" for ln in lines))
+    d = scan(str(path), slow_ms=6.0).durations
+    assert d.count == 2 and d.over == 1
+    assert d.statements == {"": [1, 5.0, 5.0], "SELECT ?": [1, 7.0, 7.0]}
