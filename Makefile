@@ -25,6 +25,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/latency_catalog.py
+	$(BIN)/python benchmarks/log_scan.py
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet jupyterlab

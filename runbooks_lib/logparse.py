@@ -15,7 +15,7 @@ import functools
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -172,16 +172,6 @@ def tasks(fh: IO[bytes], fmt: str, counts: Counts, prefix: str = "") -> Iterator
         split = SEPARATOR not in re.sub(r"%(-?\d+)?.", "\0", prefix)
         for data in _stderr_blocks(fh, re.compile(pattern, re.M)):
             yield functools.partial(_stderr_block, data, pattern, split)
-
-
-def batches(fh: IO[bytes], fmt: str, counts: Counts, prefix: str = "") -> Iterator[pa.RecordBatch]:
-    """Record batches with COLUMNS from an open log file (csv, json or stderr with PREFIX), one
-    after the other."""
-    for task in tasks(fh, fmt, counts, prefix):
-        batch, found = task()
-        counts.add(found)
-        if batch is not None:
-            yield batch
 
 
 def _blocks(fh: IO[bytes], size: int = 0) -> Iterator[tuple[bytes, bool]]:
@@ -459,8 +449,3 @@ def at_or_after(log_time: pa.Array, since: dt.datetime) -> pa.Array:
     else:
         mask = pc.greater_equal(to_utc(log_time), pa.scalar(since, pa.timestamp("us", tz="UTC")))
     return pc.fill_null(mask, False)
-
-
-def open_text(data: bytes | Iterable[bytes]) -> IO[bytes]:
-    """Bytes read through SQL as a file for `batches`."""
-    return io.BufferedReader(io.BytesIO(data if isinstance(data, bytes) else b"".join(data)))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import deadlocks, logparse, queries
+from . import deadlocks, logparse, queries, sqlstate
 from .errors import SkipStep
 from .findings import Finding
 
@@ -174,6 +174,7 @@ class Scan:
         default_factory=lambda: collections.deque(maxlen=MAX_ERRORS))
     durations: Durations = field(default_factory=Durations)
     notes: list[str] = field(default_factory=list)
+    inferred: int = 0  # SQLSTATEs read from the message (no %e in the prefix)
 
     @property
     def malformed(self) -> int:
@@ -191,6 +192,7 @@ class Scan:
                 mine[code] = mine.get(code, 0) + n
         self.errors.extend(part.errors)
         self.durations.merge(part.durations)
+        self.inferred += part.inferred
 
     @property
     def records(self) -> int:
@@ -300,15 +302,31 @@ def _take(out: Scan, batch: pa.RecordBatch, since: dt.datetime | None, slow_ms: 
             hits = pc.is_in(severity, pa.array(levels))
             if not pc.any(hits).as_py():
                 continue
-            for item in pc.value_counts(batch.column("sqlstate").filter(hits)).to_pylist():
+            hit = batch.filter(hits)
+            if hit.column("sqlstate").null_count:  # a prefix without %e: read the message
+                hit = _infer_sqlstate(out, hit)
+            for item in pc.value_counts(hit.column("sqlstate")).to_pylist():
                 code = item["values"] or "(none)"
                 into[code] = into.get(code, 0) + int(item["counts"])
             if levels == ERROR_LEVELS:
-                hit = batch.filter(hits)
                 rows = hit.append_column("time", logparse.to_utc(hit.column("log_time")))
                 out.errors.extend(rows.to_pylist())
     if durations:
         _durations(out.durations, batch, slow_ms)
+
+
+def _infer_sqlstate(out: Scan, hit: pa.RecordBatch) -> pa.RecordBatch:
+    """Errors without a SQLSTATE get the one their message stands for (sqlstate.BY_MESSAGE);
+    errors and warnings are few, so this runs in Python."""
+    import pyarrow as pa
+
+    codes = hit.column("sqlstate").to_pylist()
+    messages = hit.column("message").to_pylist()
+    filled = [c if c else sqlstate.from_message(m) or None for c, m in zip(codes, messages,
+                                                                            strict=True)]
+    out.inferred += sum(1 for c, f in zip(codes, filled, strict=True) if not c and f)
+    i = hit.schema.get_field_index("sqlstate")
+    return hit.set_column(i, "sqlstate", pa.array(filled, pa.string()))
 
 
 def normalized(sql: pa.Array) -> pa.Array:
@@ -410,8 +428,10 @@ def setup_problems(result: Scan) -> list[str]:
         prefix = result.prefix
         missing = logparse.prefix_missing(prefix)
         if missing:
+            inferred = (f" ({result.inferred} SQLSTATEs were read from the messages instead)"
+                        if result.inferred else "")
             problems.append(f"log_line_prefix '{prefix}' lacks {', '.join(missing)}: add them, "
-                            f"e.g. log_line_prefix = '{logparse.RECOMMENDED_PREFIX}'")
+                            f"e.g. log_line_prefix = '{logparse.RECOMMENDED_PREFIX}'{inferred}")
         c = result.counts
         if c.unmatched and c.unmatched >= max(1, c.records) * 0.1:
             problems.append(f"{c.unmatched} lines do not match log_line_prefix '{prefix}' "

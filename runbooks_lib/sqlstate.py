@@ -127,6 +127,56 @@ def category(sqlstate: str, message: str = "") -> str:
     return OTHER
 
 
+# Without %e in a stderr log_line_prefix, the code is read from the (English) message: the
+# errors on-call engineers meet most, each message as PostgreSQL words it (elog.c callers).
+BY_MESSAGE = (
+    (r"^deadlock detected", "40P01"),
+    (r"^could not serialize access", "40001"),
+    (r"^canceling statement due to conflict with recovery", "40001"),
+    (r"^canceling statement due to lock timeout", "55P03"),
+    (r"^could not obtain lock", "55P03"),
+    (r"^canceling statement due to (statement timeout|user request)", "57014"),
+    (r"^terminating connection due to idle-in-transaction timeout", "25P03"),
+    (r"^terminating connection due to administrator command", "57P01"),
+    (r"^duplicate key value violates unique constraint", "23505"),
+    (r"violates foreign key constraint", "23503"),
+    (r"^null value in column .* violates not-null constraint", "23502"),
+    (r"violates check constraint", "23514"),
+    (r"^conflicting key value violates exclusion constraint", "23P01"),
+    (r"^sorry, too many clients already", "53300"),
+    (r"^remaining connection slots are reserved", "53300"),
+    (r"^out of shared memory", "53200"),
+    (r"^could not extend file|^could not write to file .*No space left", "53100"),
+    (r"^current transaction is aborted", "25P02"),
+    (r"^relation .* does not exist", "42P01"),
+    (r"^column .* does not exist", "42703"),
+    (r"^function .* does not exist", "42883"),
+    (r"^syntax error at or near", "42601"),
+    (r"^permission denied", "42501"),
+    (r"^password authentication failed", "28P01"),
+    (r'^role ".*" does not exist', "28000"),
+    (r'^database ".*" does not exist', "3D000"),
+    (r"^division by zero", "22012"),
+    (r"^value too long for type", "22001"),
+    (r"^invalid input syntax", "22P02"),
+    (r"out of range", "22003"),
+)
+
+
+def from_message(message: str) -> str:
+    """The SQLSTATE an English error message stands for, or '' when it is not one we know.
+
+    >>> from_message('deadlock detected'), from_message('something else')
+    ('40P01', '')
+    """
+    return next((code for pattern, code in _by_message() if pattern.search(message or "")), "")
+
+
+@cache
+def _by_message() -> list[tuple[re.Pattern[str], str]]:
+    return [(re.compile(p), c) for p, c in BY_MESSAGE]
+
+
 def detail_name(sqlstate: str, message: str = "") -> str:
     """The code's name, with 57014 split by its cause (statement timeout or user cancel)."""
     name = lookup(sqlstate).name

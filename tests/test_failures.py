@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -175,6 +176,37 @@ def test_stderr_log_with_its_prefix_and_with_a_wrong_one(
     assert f.severity == "warning" and "%e (SQLSTATE)" in f.title and "%a" in f.title
     assert "another prefix" in f.detail
     assert not wrong.report.errors
+
+
+def test_default_prefix_still_finds_deadlocks_and_says_to_add_sqlstate(
+        quiet: Sandbox, failures_rb: Callable[..., Runbook], tmp_path: Path) -> None:
+    """A server with PostgreSQL's default log_line_prefix '%m [%p] ': the sandbox's own stderr
+    lines with the user, database, application and SQLSTATE fields taken out."""
+    def copied() -> int:
+        text = "".join(p.read_text() for p in sorted(quiet.log_dir.glob("*.log")))
+        plain.write_text(re.sub(r"(?m)^(\S+ \S+ \S+ \[\d+\] )\S+@\S+ \S* ?[0-9A-Z]{5} ", r"\1",
+                                text))
+        return text.count("ERROR:  deadlock detected")
+
+    plain = tmp_path / "postgresql.log"
+    before = copied()
+    since = since_now()
+    inc.deadlock(quiet.url("app"))
+    inc.failing_statements(quiet.url("app"))
+    retry(lambda: copied() > before, timeout=10, interval=0.3)
+    time.sleep(0.5)  # the rest of the errors
+    copied()
+    rb = failures_rb()
+    fx.read_log(rb, str(plain), since, log_line_prefix="%m [%p] ")
+    fx.by_sqlstate(rb)
+    fx.deadlock_cycles(rb)
+    (setup,) = by_check(rb, "log_setup")
+    assert setup.severity == "warning" and "%e (SQLSTATE)" in setup.title
+    (d,) = by_check(rb, "deadlock")
+    assert d.severity == "warning" and "on users" in d.title
+    (retry_f,) = by_check(rb, "errors_retryable-transient")
+    assert "40P01" in retry_f.title
+    assert by_check(rb, "errors_integrity") and not rb.report.errors
 
 
 @pytest.mark.slow

@@ -190,3 +190,19 @@ def test_duration_without_statement_and_extended_protocol(tmp_path: Path) -> Non
     d = scan(str(path), slow_ms=6.0).durations
     assert d.count == 2 and d.over == 1
     assert d.statements == {"": [1, 5.0, 5.0], "SELECT ?": [1, 7.0, 7.0]}
+
+
+def test_default_prefix_without_sqlstate_reads_codes_from_messages(tmp_path: Path) -> None:
+    """PostgreSQL's default log_line_prefix '%m [%p] ' has no %e: codes come from the messages,
+    and the setup problem says what to add."""
+    plain = "".join(ln.replace("app@cosnap api 40P01 ", "").replace("app@cosnap api 00000 ", "")
+                    + "\n" for ln in STDERR.splitlines())
+    path = tmp_path / "postgresql.log"
+    path.write_text(plain + "2026-11-27 10:00:01.000 UTC [14] ERROR:  duplicate key value "
+                    'violates unique constraint "users_email_key"\n')
+    got = scan(str(path), prefix="%m [%p] ")
+    assert got.errors_by_sqlstate == {"40P01": 1, "23505": 1} and got.inferred == 2
+    (dl,) = [r for r in got.errors if r["sqlstate"] == "40P01"]
+    assert len(deadlocks.parse(dl).edges) == 2
+    (problem,) = logs.setup_problems(got)
+    assert "lacks %e (SQLSTATE)" in problem and "2 SQLSTATEs were read from the messages" in problem
