@@ -132,9 +132,11 @@ def read_log(rb: Runbook, log_source: str = "auto", since: str = "1h", max_mb: f
                       f"records read from {scan.source} ({len(scan.files)} file(s){newest})"
                       + (f"; {scan.malformed} malformed records skipped" if scan.malformed else ""))
     rb.add(logs.setup_findings(scan))
-    if len(df) >= logs.MAX_ERRORS:
-        present.show_text(f"the tables below use the latest {logs.MAX_ERRORS} errors; the "
-                          "counts by SQLSTATE are exact")
+    capped = {c: n for c, n in scan.errors_by_sqlstate.items() if n > logs.MAX_ERRORS}
+    if capped:
+        present.show_text(f"the tables, deadlock patterns and FK counts below use the latest "
+                          f"{logs.MAX_ERRORS} errors of each SQLSTATE ({', '.join(capped)} had "
+                          "more); the counts by SQLSTATE are exact")
     return df
 
 

@@ -37,7 +37,7 @@ JSON_KEYS = {"timestamp": "log_time", "user": "user", "dbname": "database", "pid
              "state_code": "sqlstate", "message": "message", "detail": "detail", "hint": "hint",
              "context": "context", "statement": "query"}
 RECORD_START = re.compile(rb"(?m)^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
-BLOCK = 4 * 2**20
+BLOCK = 2 * 2**20
 
 # -- log_line_prefix ---------------------------------------------------------------------------
 

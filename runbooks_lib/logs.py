@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from .session import Session
 
 ERROR_LEVELS = ("ERROR", "FATAL", "PANIC")
-MAX_ERRORS = 50_000  # error records kept for the tables (the latest); counts are always exact
+# error records kept for the tables and the deadlock and FK steps: the latest this many of each
+# SQLSTATE (memory stays bounded on a log of millions of errors); counts are always exact
+MAX_ERRORS = 5_000
 MAX_STATEMENTS = 5_000  # distinct normalized statements kept with their durations
 WORKERS = min(4, os.cpu_count() or 1)  # threads analysing pieces of a file at once
 # duration histogram: bucket b holds durations up to 1 µs * GROWTH**b, so a quantile read from
@@ -170,8 +172,7 @@ class Scan:
     newest: dt.datetime | None = None
     errors_by_sqlstate: dict[str, int] = field(default_factory=dict)
     warnings_by_sqlstate: dict[str, int] = field(default_factory=dict)
-    errors: collections.deque[dict[str, Any]] = field(
-        default_factory=lambda: collections.deque(maxlen=MAX_ERRORS))
+    kept: dict[str, collections.deque[dict[str, Any]]] = field(default_factory=dict)
     durations: Durations = field(default_factory=Durations)
     notes: list[str] = field(default_factory=list)
     inferred: int = 0  # SQLSTATEs read from the message (no %e in the prefix)
@@ -179,6 +180,19 @@ class Scan:
     @property
     def malformed(self) -> int:
         return self.counts.malformed
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """The error records kept (the latest MAX_ERRORS of each SQLSTATE), oldest first."""
+        rows = [r for kept in self.kept.values() for r in kept]
+        return sorted(rows, key=lambda r: r["time"] or dt.datetime.min.replace(tzinfo=dt.UTC))
+
+    def keep(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            code = r["sqlstate"] or ""
+            if code not in self.kept:
+                self.kept[code] = collections.deque(maxlen=MAX_ERRORS)
+            self.kept[code].append(r)
 
     def merge(self, part: Scan, counts: logparse.Counts) -> None:
         """Add what a worker found in one piece of a file (in file order)."""
@@ -190,7 +204,8 @@ class Scan:
                              (self.warnings_by_sqlstate, part.warnings_by_sqlstate)):
             for code, n in theirs.items():
                 mine[code] = mine.get(code, 0) + n
-        self.errors.extend(part.errors)
+        for rows in part.kept.values():
+            self.keep(list(rows))
         self.durations.merge(part.durations)
         self.inferred += part.inferred
 
@@ -227,7 +242,7 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
                 collections.deque()
             for task in logparse.tasks(fh, f.fmt, out.counts, prefix):
                 pending.append(pool.submit(_work, task, since, slow_ms, errors, durations))
-                while len(pending) > 2 * WORKERS:  # a bounded window keeps memory flat
+                while len(pending) > 2:  # a bounded window keeps memory flat
                     out.merge(*pending.popleft().result())
             while pending:
                 out.merge(*pending.popleft().result())
@@ -310,7 +325,7 @@ def _take(out: Scan, batch: pa.RecordBatch, since: dt.datetime | None, slow_ms: 
                 into[code] = into.get(code, 0) + int(item["counts"])
             if levels == ERROR_LEVELS:
                 rows = hit.append_column("time", logparse.to_utc(hit.column("log_time")))
-                out.errors.extend(rows.to_pylist())
+                out.keep(rows.to_pylist())
     if durations:
         _durations(out.durations, batch, slow_ms)
 
