@@ -81,7 +81,11 @@ class LogFile:
 
 
 def local_files(pattern: str) -> list[LogFile]:
-    """The files matching PATTERN (a path or a glob), oldest first."""
+    """The files matching PATTERN (a path, a glob or a directory), oldest first; of one format
+    only (csvlog, else jsonlog, else stderr) when several match, since a server writing more
+    than one writes the same events to each."""
+    if Path(pattern).is_dir():
+        pattern = str(Path(pattern) / "*")
     out = []
     for p in glob.glob(pattern):
         try:
@@ -93,7 +97,8 @@ def local_files(pattern: str) -> list[LogFile]:
                                logparse.kind(p)))
     if not out:
         raise SkipStep(f"no log file matches {pattern}")
-    return sorted(out, key=lambda f: (f.modified, f.name))
+    best = next(k for k in ("csv", "json", "stderr") if any(f.fmt == k for f in out))
+    return sorted((f for f in out if f.fmt == best), key=lambda f: (f.modified, f.name))
 
 
 def server_files(session: Session) -> tuple[list[LogFile], str]:

@@ -206,3 +206,11 @@ def test_default_prefix_without_sqlstate_reads_codes_from_messages(tmp_path: Pat
     assert len(deadlocks.parse(dl).edges) == 2
     (problem,) = logs.setup_problems(got)
     assert "lacks %e (SQLSTATE)" in problem and "2 SQLSTATEs were read from the messages" in problem
+
+
+def test_a_directory_of_mixed_formats_reads_one_of_them(tmp_path: Path) -> None:
+    (tmp_path / "postgresql.log").write_text(STDERR)
+    (tmp_path / "postgresql.csv").write_text("")
+    assert [f.fmt for f in logs.local_files(str(tmp_path))] == ["csv"]
+    (tmp_path / "postgresql.csv").unlink()
+    assert scan(str(tmp_path)).errors_by_sqlstate == {"40P01": 1}
