@@ -209,6 +209,32 @@ def test_default_prefix_still_finds_deadlocks_and_says_to_add_sqlstate(
     assert by_check(rb, "errors_integrity") and not rb.report.errors
 
 
+def test_auto_reads_a_stderr_only_server_through_sql_and_its_tail(
+        quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
+    def destination(value: str | None) -> None:
+        with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
+            c.execute(f"ALTER SYSTEM SET log_destination = '{value}'" if value
+                      else "ALTER SYSTEM RESET log_destination")
+            c.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+
+    destination("stderr")
+    try:
+        since = since_now()
+        raised = inc.failing_statements(quiet.url("app"))
+        for max_mb in (50, 0.02):  # the whole files, then only their last 20 kB
+            rb = failures_rb()
+
+            def logged(rb: Runbook = rb, max_mb: float = max_mb) -> bool:
+                fx.read_log(rb, "auto", since, max_mb)  # the prefix: the server's
+                return bool(rb.data["error_counts"] == raised)
+
+            retry(logged, timeout=10, interval=0.3)
+            assert not by_check(rb, "log_setup") and not rb.report.errors
+    finally:
+        destination(None)
+
+
 @pytest.mark.slow
 def test_transaction_failures_notebook_headless(quiet: Sandbox, tmp_path: Path) -> None:
     since = since_now()
