@@ -56,7 +56,9 @@ def test_formats_agree_on_real_errors(quiet: Sandbox) -> None:
     assert csv_module_counts(str(quiet.log_dir / "*.csv"), since) == raised
     for k in kinds:
         got = scan(str(quiet.log_dir / k), since)
-        assert got.malformed == 0 and got.counts.unmatched == 0 and not got.notes, k
+        # (unmatched lines may exist: when log_destination changes back from stderr, the
+        # server writes its notice in csv and json format into the stderr file)
+        assert got.malformed == 0 and not logs.setup_problems(got), k
         (dl,) = [r for r in got.errors if r["sqlstate"] == "40P01"]
         cycle = deadlocks.parse(dl)
         assert len(cycle.edges) == 2 and cycle.relations == ["users"], (k, dl["detail"])
