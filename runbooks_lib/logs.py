@@ -174,7 +174,9 @@ class Scan:
     files: list[str] = field(default_factory=list)
     counts: logparse.Counts = field(default_factory=logparse.Counts)
     in_window: int = 0
+    oldest: dt.datetime | None = None  # of the records read, in the window or not
     newest: dt.datetime | None = None
+    cut_short: bool = False  # max_bytes left older parts of the window unread
     errors_by_sqlstate: dict[str, int] = field(default_factory=dict)
     warnings_by_sqlstate: dict[str, int] = field(default_factory=dict)
     kept: dict[str, collections.deque[dict[str, Any]]] = field(default_factory=dict)
@@ -205,6 +207,8 @@ class Scan:
         self.in_window += part.in_window
         if part.newest is not None and (self.newest is None or part.newest > self.newest):
             self.newest = part.newest
+        if part.oldest is not None and (self.oldest is None or part.oldest < self.oldest):
+            self.oldest = part.oldest
         for mine, theirs in ((self.errors_by_sqlstate, part.errors_by_sqlstate),
                              (self.warnings_by_sqlstate, part.warnings_by_sqlstate)):
             for code, n in theirs.items():
@@ -229,9 +233,13 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
     budget = max_bytes if max_bytes is not None else math.inf
     chosen: list[tuple[LogFile, int]] = []
     for f in reversed(files):
-        if budget <= 0 or (since is not None and f.modified < since - MTIME_SLACK):
+        if since is not None and f.modified < since - MTIME_SLACK:
             break  # older files: nothing at or after SINCE (they were closed before it)
+        if budget <= 0:
+            out.cut_short = True
+            break
         offset = int(max(0, f.size - budget))
+        out.cut_short |= offset > 0
         chosen.append((f, offset))
         budget -= f.size - offset
     for f, offset in reversed(chosen):
@@ -306,6 +314,11 @@ def _take(out: Scan, batch: pa.RecordBatch, since: dt.datetime | None, slow_ms: 
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    first = pc.min(batch.column("log_time")).as_py()  # within a file, the earliest string
+    if first:
+        oldest = logparse.to_utc(pa.array([first], pa.string()))[0].as_py()
+        if oldest is not None and (out.oldest is None or oldest < out.oldest):
+            out.oldest = oldest
     if since is not None:
         batch = batch.filter(logparse.at_or_after(batch.column("log_time"), since))
     if not batch.num_rows:
@@ -471,6 +484,14 @@ def setup_findings(result: Scan) -> list[Finding]:
                              "; ".join(problems[1:]) or f"source {result.source}",
                              evidence=[{"problem": p} for p in problems],
                              remediation="fix the logging setup as said, then re-run"))
+    if result.cut_short and result.oldest and (result.since is None
+                                               or result.oldest > result.since):
+        found.append(Finding("log_coverage", "info",
+                             f"The log read reaches back only to {result.oldest:%Y-%m-%d %H:%M:%S}"
+                             " UTC, not to the window's start",
+                             f"source {result.source}: the counts cover that part of the window",
+                             remediation="raise log_max_mb, or pass log_source as a path or glob "
+                                         "to the log files (read whole)"))
     if result.malformed:
         found.append(Finding("log_malformed", "info",
                              f"{result.malformed} malformed log records skipped",

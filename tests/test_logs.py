@@ -216,3 +216,15 @@ def test_a_directory_of_mixed_formats_reads_one_of_them(tmp_path: Path) -> None:
     assert [f.fmt for f in logs.local_files(str(tmp_path))] == ["csv"]
     (tmp_path / "postgresql.csv").unlink()
     assert scan(str(tmp_path)).errors_by_sqlstate == {"40P01": 1}
+
+
+def test_a_bounded_read_says_how_far_back_it_reaches(tmp_path: Path) -> None:
+    path = tmp_path / "postgresql.log"
+    path.write_text(STDERR.replace("10:00:00.", "09:00:00.") + STDERR)
+    early = dt.datetime(2026, 11, 27, 8, tzinfo=dt.UTC)
+    got = logs.scan(logs.local_files(str(path)), "test", early, PREFIX, max_bytes=600)
+    assert got.cut_short and got.oldest is not None and got.oldest.hour == 10
+    (coverage,) = [f for f in logs.setup_findings(got) if f.check == "log_coverage"]
+    assert coverage.severity == "info" and "reaches back only to 2026-11-27 10:00:00" in coverage.title
+    whole = logs.scan(logs.local_files(str(path)), "test", early, PREFIX)
+    assert not whole.cut_short and not logs.setup_findings(whole)
