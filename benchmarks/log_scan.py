@@ -16,7 +16,7 @@ parser ignores the SQLSTATE column), so its counts by SQLSTATE are taken from it
 error counts (exact) with each message's SQLSTATE from its samples; for the csvlog those
 messages get the SQLSTATE pgBadger found for them in the stderr and jsonlog runs.
 
-Usage: python benchmarks/log_scan.py [--mb 400] [--headline-gb 10] [--work DIR]
+Usage: python benchmarks/log_scan.py [--mb 420] [--headline-gb 10] [--work DIR]
 Needs pgbadger (apt-get install pgbadger).
 """
 
@@ -190,7 +190,7 @@ def repeat_to(path: Path, gb: float, target: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mb", type=int, default=400)
+    ap.add_argument("--mb", type=int, default=420)
     ap.add_argument("--headline-gb", type=float, default=10)
     ap.add_argument("--work", default="")
     args = ap.parse_args()
