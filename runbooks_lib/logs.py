@@ -311,23 +311,21 @@ def _read_server_file(session: Session, f: LogFile, offset: int,
 
 def _take(out: Scan, batch: pa.RecordBatch, since: dt.datetime | None, slow_ms: float, errors: bool,
           durations: bool) -> None:
+    """One batch into OUT, a fresh part (merged into the total by Scan.merge)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    first = pc.min(batch.column("log_time")).as_py()  # within a file, the earliest string
-    if first:
-        oldest = logparse.to_utc(pa.array([first], pa.string()))[0].as_py()
-        if oldest is not None and (out.oldest is None or oldest < out.oldest):
-            out.oldest = oldest
+    # within a file, the earliest and latest strings are the earliest and latest times
+    bounds = pc.min_max(batch.column("log_time"))
+    first, last = logparse.to_utc(pa.array([bounds["min"].as_py(), bounds["max"].as_py()],
+                                           pa.string())).to_pylist()
+    out.oldest = first
     if since is not None:
         batch = batch.filter(logparse.at_or_after(batch.column("log_time"), since))
     if not batch.num_rows:
         return
-    out.in_window += batch.num_rows
-    last = pc.max(batch.column("log_time"))  # within a file, the latest string is the latest
-    newest = logparse.to_utc(pa.array([last.as_py()], pa.string()))[0].as_py()
-    if newest is not None and (out.newest is None or newest > out.newest):
-        out.newest = newest
+    out.in_window = batch.num_rows
+    out.newest = last  # the batch's latest record is in the window when any record is
     severity = batch.column("severity")
     if errors:
         for levels, into in ((ERROR_LEVELS, out.errors_by_sqlstate),
