@@ -231,12 +231,19 @@ def _csv(fh: IO[bytes], counts: Counts) -> Iterator[Task]:
     counts.add(bad)
 
 
+@functools.cache
+def _json_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([(k, pa.int64() if k == "pid" else pa.string()) for k in JSON_KEYS])
+
+
 def _json_block(block: bytes) -> tuple[pa.RecordBatch | None, Counts]:
     import pyarrow as pa
     import pyarrow.json as pajson
 
     found = Counts()
-    schema = pa.schema([(k, pa.int64() if k == "pid" else pa.string()) for k in JSON_KEYS])
+    schema = _json_schema()
     parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         table = pajson.read_json(io.BytesIO(block), parse_options=parse,

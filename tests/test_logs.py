@@ -38,8 +38,8 @@ def csv_module_counts(pattern: str, since: dt.datetime) -> dict[str, int]:
 
 
 def scan(pattern: str, since: dt.datetime | None = None, prefix: str = PREFIX,
-         **kw: object) -> logs.Scan:
-    return logs.scan(logs.local_files(pattern), pattern, since, prefix, **kw)  # type: ignore[arg-type]
+         slow_ms: float = math.inf) -> logs.Scan:
+    return logs.scan(logs.local_files(pattern), pattern, since, prefix, slow_ms)
 
 
 def test_formats_agree_on_real_errors(quiet: Sandbox) -> None:
