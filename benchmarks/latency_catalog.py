@@ -32,7 +32,6 @@ from typing import Any
 
 import psycopg
 
-from runbooks_lib import latency as lat
 from runbooks_lib.queries import MARKER
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import demo, server
@@ -76,9 +75,9 @@ def distinct_statements(conn: psycopg.Connection[Any], n: int) -> None:
 
 def run_ours(url: str) -> float:
     os.environ["RB_BENCH_URL"] = url
-    rb = Runbook("latency", target="env:RB_BENCH_URL")
+    rb = Runbook.start("latency", {"target": "env:RB_BENCH_URL", "sample_seconds": 0})
     t0 = time.perf_counter()
-    lat.run_all(rb, sample_seconds=0)
+    rb.run_all()
     wall = time.perf_counter() - t0
     if rb.report.errors or rb.report.skipped:
         print(f"  errors: {rb.report.errors}\n  skipped: {rb.report.skipped}", flush=True)

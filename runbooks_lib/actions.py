@@ -16,13 +16,15 @@ import getpass
 import json
 import os
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import present, queries
+from .errors import ActionRefused, RunbookError
 from .findings import Finding, jsonable, records
 from .runbook import Runbook, default_audit_log
 from .session import Session
@@ -38,6 +40,7 @@ class Plan:
     preview: pd.DataFrame  # the rows it would touch, as the operator sees them
     sql: str
     params: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # what the plan leaves out, and why
 
 
 def audit(rb: Runbook, plan: Plan, decision: str, result: Any = None) -> dict[str, Any]:
@@ -71,23 +74,58 @@ def _headless() -> bool:
     return get_ipython() is None
 
 
+def outcome(s: Session, plan: Plan, pids: list[int], wait_s: float = 3.0) -> pd.DataFrame:
+    """What really happened to PIDS after the signal, re-checked until it shows (a terminated
+    backend takes a moment to exit): gone, or still there and still blocking someone."""
+    sql = queries.get("signal_outcome")
+    deadline = time.monotonic() + wait_s
+    while True:
+        now = s.frame(sql, {"pids": pids})
+        done = now[~now["still_there"] | ~now["still_blocking"]] if plan.action == "cancel" \
+            else now[~now["still_there"]]
+        if len(done) == len(pids) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
+
+
 def execute(rb: Runbook, plan: Plan) -> pd.DataFrame:
-    """Run the plan through its own, writable session (the diagnostic one stays read-only)."""
+    """Run the plan through its own, writable session (the diagnostic one stays read-only),
+    then report what really happened: the sessions re-checked, not the signals sent."""
     target = rb.admin or rb.target
     assert target is not None
     try:
         with Session(target, application_name=f"runbooks/{rb.name}/action",
                      timeouts=rb.timeouts, read_only=False) as s:
+            if not (s.facts.has_role("pg_signal_backend")):
+                others = sorted({str(u) for u in plan.preview.get("user", [])}
+                                - {s.facts.current_user})
+                if others:
+                    raise ActionRefused(
+                        f"role {s.facts.current_user} may not signal sessions of {', '.join(others)}: "
+                        f"it needs pg_signal_backend (GRANT pg_signal_backend TO "
+                        f"{s.facts.current_user}) or superuser, or give admin_target")
             done = s.frame(plan.sql, plan.params)
+            pids = [int(p) for p in done["pid"]]
+            after = outcome(s, plan, pids) if pids else done.iloc[0:0].assign(still_there=False)
     except Exception as exc:
         audit(rb, plan, "failed", rb.mask(str(exc)))
         raise
-    audit(rb, plan, "executed", done.to_dict(orient="records"))
-    ok = int(done["signalled"].fillna(False).astype(bool).sum())  # every action's SQL returns it
-    outcome = "ended" if plan.action == "terminate" else "cancelled"
-    rb.add(Finding(f"action_{plan.action}", "info",
-                   f"Action {plan.action}: {ok} of {len(plan.preview)} sessions {outcome}",
-                   plan.description, evidence=records(done)))
+    gone = set(after.loc[~after["still_there"], "pid"]) if len(after) else set()
+    if plan.action == "cancel":
+        fixed = gone | set(after.loc[after["still_there"] & ~after["still_blocking"], "pid"])
+        verb = "no longer block (statement cancelled)"
+    else:
+        fixed, verb = gone, "ended"
+    result = {"signalled": [int(p) for p, ok in zip(done["pid"], done["signalled"], strict=True)
+                            if ok], "effective": sorted(int(p) for p in fixed),
+              "unchanged": sorted(int(p) for p in done["pid"] if int(p) not in fixed)}
+    audit(rb, plan, "executed", result)
+    rb.add(Finding(f"action_{plan.action}", "info" if len(fixed) == len(plan.preview) else
+                   "warning",
+                   f"Action {plan.action}: {len(fixed)} of {len(plan.preview)} sessions {verb}",
+                   plan.description + ("; still there: " + ", ".join(
+                       str(p) for p in result["unchanged"]) if result["unchanged"] else ""),
+                   evidence=records(done)))
     return done
 
 
@@ -97,6 +135,14 @@ def run(rb: Runbook, plan: Plan, allow_actions: bool) -> pd.DataFrame | None:
     if plan.preview.empty:
         audit(rb, plan, "nothing_to_do")
         return None
+    if allow_actions and _headless():
+        try:
+            return execute(rb, plan)
+        except ActionRefused as exc:
+            rb.add(Finding(f"action_{plan.action}", "warning",
+                           f"Action {plan.action} refused: {len(plan.preview)} sessions left "
+                           "alone", str(exc), evidence=records(plan.preview)))
+            return None
     if not allow_actions:
         audit(rb, plan, "previewed")
         rb.add(Finding(f"action_{plan.action}", "info",
@@ -104,8 +150,6 @@ def run(rb: Runbook, plan: Plan, allow_actions: bool) -> pd.DataFrame | None:
                        "(allow_actions is off, nothing done)",
                        plan.description, evidence=records(plan.preview)))
         return None
-    if _headless():
-        return execute(rb, plan)
     import ipywidgets as widgets
     from IPython.display import display
 
@@ -117,7 +161,10 @@ def run(rb: Runbook, plan: Plan, allow_actions: bool) -> pd.DataFrame | None:
     def on_confirm(_: Any) -> None:
         button.disabled = cancel.disabled = True
         with out:
-            execute(rb, plan)
+            try:
+                execute(rb, plan)
+            except RunbookError as exc:  # a refusal is a message, never a traceback
+                present.show_text(f"{plan.action} not done: {rb.mask(str(exc))}")
 
     def on_cancel(_: Any) -> None:
         button.disabled = cancel.disabled = True

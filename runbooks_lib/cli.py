@@ -6,44 +6,44 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from . import report
+from . import registry, report
 from .errors import RunbookError
+from .params import EXIT_USAGE, UsageError
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"-p takes KEY=VALUE, got {pair!r}")
+        if not sep or not key.strip():
+            raise UsageError(f"-p takes KEY=VALUE, got {pair!r}")
         out[key.strip()] = value
     return out
 
 
 def cmd_list(_: argparse.Namespace) -> int:
-    for name, path in report.available().items():
-        title, params = report.describe(path)
-        print(f"{name}: {title}")
-        for pname, spec in params.items():
-            default = spec.get("default", "")
-            help_ = spec.get("help", "")
-            print(f"    {pname} ({spec.get('inferred_type_name', '')}) = {default}"
-                  + (f"  # {help_}" if help_ else ""))
+    print(registry.list_text())
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    names = list(report.available()) if args.all else args.names
+    names = list(registry.runbooks()) if args.all else args.names
     if not names:
-        raise SystemExit("name one or more runbooks, or --all (see `runbooks list`)")
+        raise UsageError("name one or more runbooks, or --all (see `runbooks list`)")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a directory")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0")
     out = Path(args.out) if args.out else None
     code, summary = report.run(names, args.target, out, _params(args.param), args.timeout)
     for rb in summary["runbooks"]:
         counts = rb["findings"]
         print(f"{rb['name']}: {rb['status']} ({counts['critical']} critical, "
-              f"{counts['warning']} warning)" + (" - could not run: " + "; ".join(
-                  f"{e['step']}: {e['message']}" for e in rb["errors"]) if rb["errors"] else ""))
+              f"{counts['warning']} warning, {rb['skipped']} skipped)"
+              + (": " + "; ".join(f"{e['step']}: {e['message']}" for e in rb["errors"])
+                 if rb["errors"] else ""))
     print(f"report: {Path(summary['out_dir']) / (names[0] + '.html')}"
           if len(names) == 1 else f"reports: {summary['out_dir']}")
     return code
@@ -84,8 +84,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(out=Path(args.out) if args.out else None, bin_dir=args.bindir)
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad arguments exit 64 (EX_USAGE), never 2: 2 means critical to a scheduler."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="runbooks", description=__doc__)
+    p = Parser(prog="runbooks", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -127,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG)
     try:
         code: int = args.fn(args)
+    except UsageError as exc:
+        print(f"runbooks: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except RunbookError as exc:
         print(f"runbooks: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("runbooks: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from .sqltext import LITERALS, normalize_sql  # noqa: F401 - LITERALS: logs reads it here
+
 EDGE = re.compile(r"Process (\d+) waits for (\w+) on (.+?); blocked by process (\d+)\.")
 STATEMENT = re.compile(r"^Process (\d+): (.*)$", re.M)
 RELATION = re.compile(r'relation "([^"]+)"')
@@ -41,15 +43,6 @@ class Deadlock:
     @property
     def parsed(self) -> bool:
         return bool(self.edges)
-
-
-# literals and parameters (RE2-compatible: logs.normalized applies it vectorized)
-LITERALS = r"'(?:[^']|'')*'|\$\d+|\b\d+(?:\.\d+)?\b"
-
-
-def normalize_sql(text: str) -> str:
-    """Literals and parameters become '?', so the same statement with other values matches."""
-    return " ".join(re.sub(LITERALS, "?", text or "").split())
 
 
 def lock_kind(target: str) -> str:

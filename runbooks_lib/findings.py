@@ -16,6 +16,7 @@ from typing import Any
 SEVERITIES = ("ok", "info", "warning", "critical")
 EXIT_CODES = {"ok": 0, "info": 0, "warning": 1, "critical": 2}
 EXIT_COULD_NOT_RUN = 3
+COULD_NOT_RUN = "could not run"  # a status of its own, never "ok" beside an error
 
 
 def worst(severities: list[str]) -> str:
@@ -23,13 +24,17 @@ def worst(severities: list[str]) -> str:
     return max(severities, key=SEVERITIES.index, default="ok")
 
 
-def ratio(threshold: float) -> float:
-    """A share threshold given as 80 (percent) or 0.80: both mean 80 %."""
-    return threshold / 100 if threshold > 1 else threshold
+def exit_code(status: str) -> int:
+    """0 ok or info, 1 warning, 2 critical, 3 could not run."""
+    return EXIT_CODES.get(status, EXIT_COULD_NOT_RUN)
+
+
+def status_of(severities: list[str], errors: int) -> str:
+    return COULD_NOT_RUN if errors else worst(severities)
 
 
 def grade(value: float, warning: float, critical: float) -> str:
-    """Severity of a value against 'greater than' thresholds (seed: > 80 % warns, > 95 % pages)."""
+    """Severity of a value against 'greater than' thresholds (default alerts: > 80 % warns, > 95 % pages)."""
     if value > critical:
         return "critical"
     if value > warning:
@@ -57,6 +62,19 @@ class Finding:
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {self.severity!r}")
+
+
+def graded(check: str, metric: str, value: float, warning: float, critical: float = math.inf, *,
+           title: str, detail: str = "", evidence: list[dict[str, Any]] | None = None,
+           remediation: str = "", quiet: str = "ok") -> Finding:
+    """A finding graded by VALUE against 'greater than' thresholds: the metric carries the
+    threshold crossed, and the remediation is given only when there is something to do.
+    QUIET is the severity below the warning threshold ('ok', or 'info' for a fact worth
+    showing that is no incident)."""
+    sev = grade(value, warning, critical)  # on the exact value: rounding is for the reader
+    return Finding(check, quiet if sev == "ok" else sev, title, detail,
+                   Metric(metric, round(value, 6), critical if sev == "critical" else warning),
+                   evidence or [], remediation if sev != "ok" else "")
 
 
 @dataclass
@@ -126,11 +144,11 @@ class Report:
 
     @property
     def status(self) -> str:
-        return worst([f.severity for f in self.findings])
+        return COULD_NOT_RUN if self.errors else worst([f.severity for f in self.findings])
 
     @property
     def exit_code(self) -> int:
-        return EXIT_COULD_NOT_RUN if self.errors else EXIT_CODES[self.status]
+        return exit_code(self.status)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,13 +167,32 @@ class Report:
         """Write atomically, so a reader never sees half a file even if the kernel dies."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".findings-", suffix=".json")
+        write_json(self.path, self.to_dict())
+
+
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write atomically (a reader never sees half a file, even if the process dies) and no
+    more readable than the umask allows: reports hold query texts and client addresses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def load(path: Path) -> dict[str, Any]:

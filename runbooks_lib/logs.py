@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import deadlocks, logparse, queries, sqlstate
+from . import logparse, queries, sqlstate, sqltext
 from .errors import SkipStep
 from .findings import Finding
 
@@ -361,10 +361,10 @@ def _infer_sqlstate(out: Scan, hit: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def normalized(sql: pa.Array) -> pa.Array:
-    """deadlocks.normalize_sql, vectorized (the same patterns through RE2)."""
+    """sqltext.normalize_sql, vectorized (the same patterns through RE2)."""
     import pyarrow.compute as pc
 
-    sql = pc.replace_substring_regex(sql, deadlocks.LITERALS, "?")
+    sql = pc.replace_substring_regex(sql, sqltext.LITERALS, "?")
     # only runs and non-space whitespace: replacing every single space costs 5x more
     sql = pc.utf8_trim_whitespace(pc.replace_substring_regex(sql, r"\s{2,}|[\t\n\r\f\v]", " "))
     return pc.utf8_slice_codeunits(sql, 0, 500)

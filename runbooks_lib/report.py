@@ -9,10 +9,7 @@ literal DSN is handed to the kernel in an environment variable and the notebook 
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
-import functools
-import json
 import logging
 import os
 import time
@@ -22,7 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .findings import EXIT_CODES, EXIT_COULD_NOT_RUN, Report, StepError, iso, load, worst
+from . import registry
+from .findings import (
+    COULD_NOT_RUN,
+    Report,
+    StepError,
+    exit_code,
+    iso,
+    load,
+    status_of,
+    write_json,
+    write_text,
+)
+from .params import UsageError, validate
 from .target import mask_text
 
 log = logging.getLogger("runbooks_lib")
@@ -39,41 +48,22 @@ def available() -> dict[str, Path]:
     return {p.stem: p for p in sorted(notebook_dir().glob("*.ipynb"))}
 
 
-@functools.cache
-def describe(path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The notebook's title line and its parameters (name -> type, default, help)."""
-    import nbformat
-    import papermill
+def kernel_manager_class() -> type:
+    """Kernels over IPC (Unix sockets in a private directory): no "running over TCP without
+    encryption" warning per run, and no port collisions between kernels started at once."""
+    import tempfile
 
-    nb = nbformat.read(path, as_version=4)
-    title = ""
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            title = cell.source.strip().splitlines()[0].lstrip("# ").strip()
-            break
-    params: dict[str, dict[str, Any]] = papermill.inspect_notebook(str(path))
-    return title, params
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
 
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
 
-def coerce(value: str, type_name: str) -> Any:
-    """A -p value typed as the notebook declares it (papermill passes Python literals)."""
-    t = (type_name or "").lower()
-    if t == "str":
-        return value
-    if t == "bool":
-        if value.lower() in {"true", "1", "yes", "on"}:
-            return True
-        if value.lower() in {"false", "0", "no", "off"}:
-            return False
-        raise ValueError(f"not a boolean: {value!r}")
-    if t == "int":
-        return int(value)
-    if t == "float":
-        return float(value)
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
+        @default("ip")
+        def _ip_default(self) -> str:
+            return str(Path(tempfile.mkdtemp(prefix="runbooks-kernel-")) / "k")
+
+    return IPCKernelManager
 
 
 @contextmanager
@@ -152,14 +142,15 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     nb_out, html_out = out / f"{name}.ipynb", out / f"{name}.html"
     findings_path = out / f"{name}.findings.json"
     findings_path.unlink(missing_ok=True)
-    _, declared = describe(path)
+    declared = {p.name for p in registry.parameters(registry.runbook(name))}
     given = {k: v for k, v in params.items() if k in declared}
     given["findings_path"] = str(findings_path)
     failure: StepError | None = None
     try:
         papermill.execute_notebook(str(path), str(nb_out), parameters=given, kernel_name="python3",
                                    progress_bar=False, log_output=False,
-                                   execution_timeout=timeout_s, cwd=str(out))
+                                   execution_timeout=timeout_s, cwd=str(out),
+                                   kernel_manager_class=kernel_manager_class())
     except Exception as exc:  # noqa: BLE001 - papermill raises many kinds; all end in the report
         failure = _failed_step(exc, nb_out, secrets)
         log.debug("runbook %s failed", name, exc_info=True)
@@ -173,19 +164,19 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     if failure is not None:
         data.setdefault("errors", []).append({"step": failure.step, "message": failure.message})
     data["duration_s"] = round(time.monotonic() - started, 3)
-    findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    data["status"] = status_of([f["severity"] for f in data["findings"]], len(data["errors"]))
+    write_json(findings_path, data)
     try:
-        if nb_out.exists():
-            nb = sanitize_notebook(nb_out, secrets)
-            html_out.write_text(render_html(nb, data), encoding="utf-8")
-        else:
-            html_out.write_text(render_html({"cells": []}, data), encoding="utf-8")
+        nb = sanitize_notebook(nb_out, secrets) if nb_out.exists() else {"cells": []}
+        write_text(html_out, render_html(nb, data))
     except Exception as exc:  # noqa: BLE001 - the JSON must still say what happened
         data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
-        findings_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    code = EXIT_COULD_NOT_RUN if data["errors"] else EXIT_CODES[data["status"]]
+        data["status"] = COULD_NOT_RUN
+        write_json(findings_path, data)
+    code = exit_code(data["status"])
     counts = {s: sum(1 for f in data["findings"] if f["severity"] == s)
               for s in ("critical", "warning", "info", "ok")}
+    counts["skipped"] = len(data.get("skipped", []))
     return Outcome(name, data["status"], code, data["duration_s"], counts, data["errors"],
                    {"notebook": nb_out.name, "html": html_out.name,
                     "findings": findings_path.name}, data["findings"])
@@ -221,7 +212,9 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:0 auto;
 padding:0 16px 40px;color:#222;line-height:1.45}
 .rb-banner{padding:10px 12px;margin:12px 0;border:1px solid #ccc;border-radius:4px;background:#fafafa}
-.rb-status-ok,.rb-status-info{color:#2e7d32}.rb-status-warning{color:#ef6c00}.rb-status-critical{color:#c62828}
+.rb-status-ok,.rb-status-info{color:#2e7d32}.rb-status-warning{color:#ef6c00}
+.rb-status-critical,.rb-status-could-not-run{color:#c62828}
+.rb-banner-could-not-run,.rb-banner-critical{border-color:#c62828;background:#fdecea}
 table.rb-table{border-collapse:collapse;font-size:13px;margin:6px 0}
 table.rb-table th,table.rb-table td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
 table.rb-table th{background:#f0f0f0}
@@ -265,9 +258,13 @@ def render_html(nb: Any, data: dict[str, Any]) -> str:
     md = mistune.create_markdown(escape=True, plugins=["table", "strikethrough"])
     e = html.escape
     status = str(data.get("status", ""))
-    banner = (f'<div class="rb-banner"><b>{e(data["runbook"])}</b> on <code>{e(data["target"])}'
-              f"</code>, PostgreSQL {e(str(data.get('server_version') or '?'))}, started "
-              f"{e(data['started_at'])}: status <b class=\"rb-status-{e(status)}\">{e(status)}</b>"
+    css = status.replace(" ", "-")
+    banner = (f'<div class="rb-banner rb-banner-{e(css)}"><b>{e(data["runbook"])}</b> on <code>'
+              f'{e(data["target"])}</code>, PostgreSQL '
+              f"{e(str(data.get('server_version') or '?'))}, started {e(data['started_at'])}: "
+              f'status <b class="rb-status-{e(css)}">{e(status)}</b>'
+              + (f" ({len(data.get('skipped', []))} checks skipped: see below)"
+                 if data.get("skipped") else "")
               + "".join(f"<br><b>could not run</b> {e(err['step'])}: {e(err['message'])}"
                         for err in data.get("errors", []))
               + "</div>")
@@ -315,43 +312,78 @@ def default_out_dir() -> Path:
     return Path("reports") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+def check_names(names: list[str]) -> None:
+    """Every name a runbook with a notebook; else a usage error naming the valid ones."""
+    import difflib
+
+    books = available()
+    for n in names:
+        if n not in books or n not in registry.runbooks():
+            close = difflib.get_close_matches(n, books, n=1)
+            raise UsageError(f"unknown runbook {n}" + (f" (did you mean {close[0]}?)" if close
+                                                       else "")
+                             + f"; the runbooks: {', '.join(books)}")
+
+
+@contextmanager
+def claimed(out: Path) -> Iterator[Path]:
+    """OUT created (or reused) for one run at a time: a second run into the same directory is
+    refused, so no summary.json contradicts the findings beside it."""
+    import fcntl
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = (out / ".runbooks.lock").open("a")
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror})") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UsageError(f"--out {out}: another run is writing there; choose another "
+                         "directory") from None
+    try:
+        yield out
+    finally:
+        fh.close()
+
+
 def run(names: list[str], target: str, out: Path | None = None,
         params: dict[str, str] | None = None, timeout_s: int = 600) -> tuple[int, dict[str, Any]]:
-    """Run runbooks NAMES against TARGET; write every output; return (exit status, summary)."""
+    """Run runbooks NAMES against TARGET; write every output; return (exit status, summary).
+    Names and parameters are checked before any kernel starts (UsageError: nothing ran)."""
+    check_names(names)
     books = available()
-    unknown = [n for n in names if n not in books]
-    if unknown:
-        raise SystemExit(f"unknown runbook(s): {', '.join(unknown)}; see `runbooks list`")
+    typed: dict[str, Any] = dict(validate(names, params or {}))
+    typed["target"] = typed.get("target", target)
     out = (out or default_out_dir()).resolve()  # the kernel runs with cwd=out: no relative paths
-    out.mkdir(parents=True, exist_ok=True)
-    given = {**(params or {}), "target": (params or {}).get("target", target)}
-    safe, env = hide_secrets(given)
-    secrets = [_password(v) for k, v in given.items()
-               if k in SECRET_PARAMS or k.endswith("_target")]
-    shown = _shown(target)
-    started = dt.datetime.now(dt.UTC)
-    outcomes: list[Outcome] = []
-    with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
-        for name in names:
-            _, declared = describe(books[name])
-            typed = {k: coerce(v, declared[k].get("inferred_type_name", ""))
-                     if k in declared and k not in SECRET_PARAMS else v for k, v in safe.items()}
-            outcomes.append(run_one(name, books[name], out, typed, secrets, timeout_s, shown))
-    code = max((o.exit_code for o in outcomes), default=0)
-    summary = {
-        "started_at": iso(started),
-        "finished_at": iso(dt.datetime.now(dt.UTC)),
-        "target": shown,
-        "out_dir": str(out),
-        "status": worst([o.status for o in outcomes]),
-        "exit_code": code,
-        "runbooks": [{"name": o.name, "status": o.status, "exit_code": o.exit_code,
-                      "duration_s": o.duration_s, "findings": o.counts, "errors": o.errors,
-                      "files": o.files} for o in outcomes],
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    write_alerts(out, outcomes, shown)
-    write_metrics(out, outcomes)
+    with claimed(out):
+        safe, env = hide_secrets(typed)
+        secrets = [_password(v) for k, v in typed.items()
+                   if (k in SECRET_PARAMS or k.endswith("_target")) and isinstance(v, str)]
+        shown = _shown(str(typed["target"]))
+        started = dt.datetime.now(dt.UTC)
+        outcomes: list[Outcome] = []
+        with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
+            for name in names:
+                outcomes.append(run_one(name, books[name], out, safe, secrets, timeout_s, shown))
+        code = max((o.exit_code for o in outcomes), default=0)
+        summary = {
+            "started_at": iso(started),
+            "finished_at": iso(dt.datetime.now(dt.UTC)),
+            "target": shown,
+            "out_dir": str(out),
+            "status": status_of([o.status for o in outcomes if o.status != COULD_NOT_RUN],
+                                sum(o.status == COULD_NOT_RUN for o in outcomes)),
+            "exit_code": code,
+            "runbooks": [{"name": o.name, "status": o.status, "exit_code": o.exit_code,
+                          "duration_s": o.duration_s, "findings": o.counts,
+                          "skipped": o.counts["skipped"], "errors": o.errors,
+                          "files": o.files} for o in outcomes],
+        }
+        write_json(out / "summary.json", summary)
+        write_alerts(out, outcomes, shown)
+        write_metrics(out, outcomes)
     return code, summary
 
 
@@ -363,7 +395,7 @@ def write_alerts(out: Path, outcomes: list[Outcome], target: str) -> None:
     alerts += [{"runbook": o.name, "target": target, "severity": "critical", "check": "runbook",
                 "title": f"runbook could not run: {e['step']}: {e['message']}", "remediation": ""}
                for o in outcomes for e in o.errors]
-    (out / "alerts.json").write_text(json.dumps(alerts, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "alerts.json", alerts)
 
 
 def _label(value: str) -> str:
@@ -391,4 +423,4 @@ def write_metrics(out: Path, outcomes: list[Outcome]) -> None:
               "# TYPE pg_runbooks_duration_seconds gauge"]
     lines += [f'pg_runbooks_duration_seconds{{runbook="{o.name}"}} {o.duration_s}'
               for o in outcomes]
-    (out / "metrics.prom").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(out / "metrics.prom", "\n".join(lines) + "\n")

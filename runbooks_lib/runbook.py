@@ -1,21 +1,21 @@
 """The notebook's side of a runbook run: one object that holds the target, the diagnostic
 session and the findings, and writes the findings JSON after every step.
 
-A step is a function decorated with `step`: whatever happens inside it (a missing privilege, an
-unreachable server, a bug), the notebook goes on, the reason lands in the findings JSON under
-``skipped`` or ``errors``, and no traceback reaches the report.
+A notebook cell runs one step (`rb.step("usage")`): the step's declared checks read the
+snapshots of their probes (fetched once per run) and return findings; whatever happens inside
+one (a missing privilege, an unreachable server, a bug), the notebook goes on, the reason lands
+in the findings JSON under ``skipped`` or ``errors``, and no traceback reaches the report.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import present
 from .errors import ConnectError, RunbookError, SkipStep, TargetError
@@ -23,10 +23,11 @@ from .findings import Finding, Report, Skipped, StepError
 from .session import Session, Timeouts
 from .target import DEFAULT_TARGET, Target, mask_text, resolve
 
+if TYPE_CHECKING:
+    from .registry import RunbookSpec
+
 log = logging.getLogger("runbooks_lib")
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class _Attempt:
@@ -38,6 +39,7 @@ class _Attempt:
         self.seconds = 0.0
         self.session: Session | None = None
         self.error: ConnectError | None = None
+        self.finished = self.started
         self._connect = connect
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -51,6 +53,11 @@ class _Attempt:
             self.error = ConnectError(mask_text(f"{type(exc).__name__}: {exc}"))
         # a connection's own set-up time, without the server-facts queries that follow it
         self.seconds = self.session.connect_s if self.session else time.monotonic() - self.started
+        self.finished = time.monotonic()
+
+    def stale(self, after_s: float = 1.0) -> bool:
+        """A failed attempt that ended a while ago says nothing about the server now."""
+        return self.session is None and time.monotonic() - self.finished > after_s
 
     def wait(self) -> _Attempt:
         self._thread.join()
@@ -58,7 +65,8 @@ class _Attempt:
 
 
 class Runbook:
-    """State shared by the steps of one runbook run."""
+    """State of one runbook run: the target, the diagnostic session, the probes' snapshots
+    (each fetched once) and the findings, written to the findings JSON after every change."""
 
     def __init__(
         self,
@@ -76,7 +84,8 @@ class Runbook:
         self.admin: Target | None = None
         self._session: Session | None = None
         self.unavailable: str | None = None  # why there is no session, once we know
-        self.data: dict[str, Any] = {}  # snapshots shared between steps
+        self.snapshots: dict[str, Any] = {}  # probe name -> snapshot (or the SkipStep it raised)
+        self.params: dict[str, Any] = {}
         path = Path(findings_path) if findings_path else None
         self.report = Report(runbook=name, target=mask_text(target or DEFAULT_TARGET), path=path)
         try:
@@ -96,6 +105,34 @@ class Runbook:
             self._first = _Attempt(lambda: self.open_session(target_))
         self.report.write()
 
+    @classmethod
+    def start(cls, name: str, namespace: Mapping[str, Any]) -> Runbook:
+        """The run of runbook NAME with the parameters in NAMESPACE (the notebook's globals):
+        the connection attempt starts first, then the checks are loaded and every parameter
+        is checked against the registry (a bad value is an error: the runbook could not run)."""
+        from . import params as P
+        from . import registry
+
+        try:
+            base = P.from_namespace([*P.CONNECTION, *P.RECORDING], namespace)
+        except P.UsageError as exc:
+            rb = cls(name, target="", findings_path=str(namespace.get("findings_path", "")))
+            rb.error("parameters", str(exc))
+            return rb
+        rb = cls(name, target=str(base["target"]), admin_target=str(base["admin_target"]),
+                 findings_path=str(base["findings_path"]), audit_log=str(base["audit_log"]),
+                 timeouts=Timeouts(float(base["connect_timeout_s"]),
+                                   int(base["statement_timeout_ms"]),
+                                   int(base["lock_timeout_ms"])))
+        rb.spec = registry.runbook(name)  # imports the checks while the first attempt runs
+        try:
+            rb.params = P.from_namespace(registry.parameters(rb.spec), namespace)
+        except P.UsageError as exc:
+            rb.error("parameters", str(exc))
+        return rb
+
+    spec: RunbookSpec | None = None
+
     @property
     def secrets(self) -> list[str]:
         return [t.password for t in (self.target, self.admin) if t is not None]
@@ -111,66 +148,42 @@ class Runbook:
         return s
 
     def attempt(self, target: Target) -> _Attempt:
-        """One timed connection attempt; the first one on the main target is already under way."""
+        """One timed connection attempt. The first one on the main target is already under
+        way; once it has failed and gone stale (the server may be back), a new one is made."""
         if target is self.target and self._first is not None:
-            first, self._first = self._first, None
-            return first.wait()
+            first, self._first = self._first.wait(), None
+            if first.session is not None or not first.stale():
+                return first
         return _Attempt(lambda: self.open_session(target)).wait()
 
     def use(self, session: Session) -> None:
-        """Make SESSION the one the following steps use (e.g. the admin session)."""
+        """Make SESSION the one the following probes use (e.g. the admin session)."""
         self._session = session
         self.report.server_version = session.facts.version
         self.unavailable = None
 
     @property
     def session(self) -> Session:
-        """The diagnostic session, connected on first use; SkipStep when the server is out of reach."""
+        """The diagnostic session, opened by the connection probe; SkipStep when the server is
+        out of reach (the reachability check says why)."""
         if self._session is not None:
             return self._session
         if self.unavailable:
             raise SkipStep(f"no connection: {self.unavailable}")
-        assert self.target is not None
-        first = self.attempt(self.target)
-        if first.session is not None:
-            self.use(first.session)
-            return first.session
-        exc = first.error
-        assert exc is not None
-        if exc.cause == "too_many_clients" and self.admin is not None:
-            self.use(self.open_session(self.admin))
-            self.add(Finding("too_many_clients", "critical",
-                             "Connection slots exhausted (53300): diagnosing through admin_target",
-                             self.mask(str(exc)), remediation="see who holds the slots below"))
-        else:
-            self.unavailable = str(exc)
-            self.add(Finding("reachability", "critical", f"Cannot connect ({exc.cause})",
-                             self.mask(str(exc))))
-            raise SkipStep(f"no connection: {exc.cause}")
-        assert self._session is not None
+        from .probes import connection  # noqa: F401 - registers the probe
+
+        self.snapshot("connection")
+        if self._session is None:
+            raise SkipStep(f"no connection: {self.unavailable or 'not connected'}")
         return self._session
 
     def session_or_none(self) -> Session | None:
-        """The session when the server can be reached, else None: for steps that also work
+        """The session when the server can be reached, else None: for probes that also work
         without it (a log read from files)."""
         try:
             return self.session
         except SkipStep:
             return None
-
-    def cached(self, key: str, compute: Callable[[], R]) -> R:
-        """COMPUTE once per run and share it between steps; a SkipStep is remembered too, so a
-        slow query that timed out is not retried by every step that needs it."""
-        if key not in self.data:
-            try:
-                self.data[key] = compute()
-            except SkipStep as exc:
-                self.data[key] = exc
-        value = self.data[key]
-        if isinstance(value, SkipStep):
-            raise SkipStep(str(value))
-        result: R = value
-        return result
 
     def close(self) -> None:
         if self._first is not None:  # an attempt no step used
@@ -180,6 +193,77 @@ class Runbook:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    # -- probes and checks ---------------------------------------------------------------------
+
+    def snapshot(self, name: str) -> Any:
+        """The snapshot of probe NAME, fetched once per run; a SkipStep is remembered too, so
+        a slow query that timed out is not retried by every check that reads it."""
+        from . import registry
+
+        if name not in self.snapshots:
+            probe = registry.PROBES[name]
+            try:
+                for dep in probe.needs:
+                    self.snapshot(dep)
+                if probe.requires != registry.Requires():
+                    unmet = probe.requires.unmet(self.session.facts)
+                    if unmet:
+                        raise SkipStep(f"{name}: {unmet}")
+                self.snapshots[name] = probe.fetch(self, self.params)
+            except SkipStep as exc:
+                self.snapshots[name] = exc
+        value = self.snapshots[name]
+        if isinstance(value, SkipStep):
+            raise SkipStep(str(value))
+        return value
+
+    def check(self, check_id: str) -> list[Finding]:
+        """Run one declared check: its snapshots, its verdict, its evidence shown. Whatever
+        happens (a missing privilege, an unreachable server, a bug), the run goes on and the
+        reason lands in the findings JSON under skipped or errors."""
+        from . import registry
+
+        check = registry.CHECKS[check_id]
+        name = check.short
+        try:
+            snaps = [self.snapshot(p) for p in check.probes]
+            result = check.evaluate(*snaps, self.params)
+            found = [f for f in result if isinstance(f, Finding)]
+            for s in result:
+                if isinstance(s, Skipped):
+                    self.skip(s.check, s.reason)
+            if check.show is not None:
+                check.show(*snaps, found, self.params)
+            if check.act and snaps[-1] is not None:
+                from . import actions
+
+                actions.run(self, snaps[-1], bool(self.params.get("allow_actions", False)))
+        except SkipStep as exc:
+            self.skip(name, str(exc))
+            return []
+        except RunbookError as exc:
+            self.error(name, str(exc))
+            return []
+        except Exception as exc:  # noqa: BLE001 - a runbook must finish and say what failed
+            log.debug("check %s failed", check_id, exc_info=True)
+            self.error(name, f"{type(exc).__name__}: {exc}")
+            return []
+        return self.add(found)
+
+    def step(self, key: str) -> None:
+        """Every check of the runbook's step KEY, in order (one notebook cell)."""
+        if self.spec is None or self.report.errors and self.report.errors[0].step == "parameters":
+            return
+        for check_id in self.spec.step(key).checks:
+            self.check(check_id)
+
+    def run_all(self) -> dict[str, Any]:
+        """Every step, then the verdict: the notebook without the notebook."""
+        if self.spec is not None:
+            for s in self.spec.steps:
+                self.step(s.key)
+        return self.finish()
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -215,37 +299,6 @@ class Runbook:
                           f"{counts['info']} info, {len(self.report.skipped)} skipped, "
                           f"{len(self.report.errors)} errors)")
         return data
-
-
-def step(name: str) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
-    """Run a runbook step so that nothing it raises stops the notebook.
-
-    The decorated function takes the Runbook as first argument. SkipStep becomes a "skipped"
-    entry, any other exception an error entry with a masked message; the findings JSON is
-    written either way.
-    """
-
-    def deco(fn: Callable[P, R]) -> Callable[P, R | None]:
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
-            rb = args[0]
-            assert isinstance(rb, Runbook)
-            try:
-                return fn(*args, **kwargs)
-            except SkipStep as exc:
-                rb.skip(name, str(exc))
-            except RunbookError as exc:
-                rb.error(name, str(exc))
-            except Exception as exc:  # noqa: BLE001 - a runbook must finish and say what failed
-                log.debug("step %s failed", name, exc_info=True)
-                rb.error(name, f"{type(exc).__name__}: {exc}")
-            finally:
-                rb.report.write()
-            return None
-
-        return wrapper
-
-    return deco
 
 
 def default_audit_log() -> Path:

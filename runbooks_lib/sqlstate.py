@@ -91,7 +91,7 @@ PERMISSION = "permission"
 OTHER = "other"
 
 REMEDIATION = {
-    RETRYABLE: "retry the whole transaction with exponential backoff and jitter (the seed's "
+    RETRYABLE: "retry the whole transaction with exponential backoff and jitter (for example "
                "3 retries); for deadlocks (40P01) also take locks in one consistent order",
     TIMEOUT: "find what made it slow (the latency runbook: plans, lock waits); raise the timeout "
              "only for statements that are legitimately long, and lower "

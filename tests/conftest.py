@@ -93,11 +93,13 @@ def make_runbook(quiet: Sandbox, tmp_path: Path,
     made: list[Runbook] = []
 
     def make(name: str, role: str, database: str = "cosnap",
-             url_params: dict[str, str] | None = None, **kw: Any) -> Runbook:
+             url_params: dict[str, str] | None = None, **params: Any) -> Runbook:
+        """PARAMS as the notebook's parameters cell would hold them (checked like there)."""
         monkeypatch.setenv("RB_TEST_URL", quiet.url(role, database, **(url_params or {})))
-        kw.setdefault("findings_path", str(tmp_path / f"{name}.findings.json"))
-        kw.setdefault("audit_log", str(tmp_path / "audit.jsonl"))
-        made.append(Runbook(name, target="env:RB_TEST_URL", **kw))
+        params.setdefault("findings_path", str(tmp_path / f"{name}.findings.json"))
+        params.setdefault("audit_log", str(tmp_path / "audit.jsonl"))
+        made.append(Runbook.start(name, {"target": "env:RB_TEST_URL", **params}))
+        assert not made[-1].report.errors, made[-1].report.errors
         return made[-1]
 
     yield make
@@ -111,16 +113,21 @@ def runbook(make_runbook: Callable[..., Runbook]) -> Callable[..., Runbook]:
     return functools.partial(make_runbook, "connectivity", role="monitor")
 
 
+def skipped(rb: Runbook, check: str) -> list[str]:
+    return [s.reason for s in rb.report.skipped if s.check == check]
+
+
 def by_check(rb: Runbook, check: str) -> list[Finding]:
     return [f for f in rb.report.findings if f.check == check]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),
-            timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+            timeout: float = 180, cwd: Path = ROOT,
+            umask: int | None = None) -> subprocess.CompletedProcess[str]:
     """`runbooks ARGS` in a subprocess, as a scheduler would call it."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.run([sys.executable, "-m", "runbooks_lib", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=cwd)
+                          text=True, env=full_env, timeout=timeout, cwd=cwd, umask=umask or -1)
 
 
 def findings_of(data: dict[str, Any], check: str) -> list[dict[str, Any]]:

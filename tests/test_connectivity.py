@@ -11,21 +11,19 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbooks_lib import connectivity as cx
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import incidents
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import MAX_CONNECTIONS, by_check, retry
+from .conftest import MAX_CONNECTIONS, by_check, retry, skipped
 
 AVAILABLE = MAX_CONNECTIONS - 3  # superuser_reserved_connections = 3
 
 
 
 def test_healthy_server_is_quiet(runbook: Callable[..., Runbook]) -> None:
-    rb = runbook()
-    data = cx.run_all(rb, idle_in_transaction_warning_s=1, leak_idle_age_s=1, pool_size=10,
-                      replicas=2)
+    rb = runbook(idle_in_transaction_warning_s=1, leak_idle_age_s=1, pool_size=10, replicas=2)
+    data = rb.run_all()
     assert data["status"] == "ok", data["findings"]
     assert not data["errors"]
     checks = {f["check"] for f in data["findings"]}
@@ -38,10 +36,10 @@ def test_healthy_server_is_quiet(runbook: Callable[..., Runbook]) -> None:
 
 def test_leak_near_the_limit_is_attributed_to_the_app(quiet: Sandbox,
                                                       runbook: Callable[..., Runbook]) -> None:
-    rb = runbook()
+    rb = runbook(connection_usage_warning=0.80, connection_usage_critical=0.95)
     with incidents.leaking_app(quiet.url("app"), "leaky-api", idle=22):  # 22/27 = 81 %
-        cx.reachability(rb)
-        cx.usage(rb, warning=0.80, critical=0.95)
+        rb.step("reachability")
+        rb.check("connectivity.connection_usage")
     (f,) = by_check(rb, "connection_usage")
     assert f.severity == "warning"
     assert "81%" in f.title and "22 of 27" in f.title
@@ -52,18 +50,18 @@ def test_leak_near_the_limit_is_attributed_to_the_app(quiet: Sandbox,
 def test_usage_above_critical_threshold(quiet: Sandbox, runbook: Callable[..., Runbook]) -> None:
     rb = runbook()
     with incidents.leaking_app(quiet.url("app"), "leaky-api", idle=26):  # 26/27 = 96 %
-        cx.usage(rb)
+        rb.check("connectivity.connection_usage")
     (f,) = by_check(rb, "connection_usage")
     assert f.severity == "critical"
 
 
 def test_idle_in_transaction_session_is_reported(quiet: Sandbox,
                                                  runbook: Callable[..., Runbook]) -> None:
-    rb = runbook()
+    rb = runbook(idle_in_transaction_warning_s=1, idle_in_transaction_critical_s=600)
     with incidents.leaking_app(quiet.url("app"), "stuck-worker", idle=0,
                                idle_in_transaction=1) as held:
         time.sleep(1.2)
-        cx.holders(rb, idle_in_transaction_warning_s=1, idle_in_transaction_critical_s=600)
+        rb.step("holders")
         pid = held.pids[0]
     (f,) = by_check(rb, "idle_in_transaction")
     assert f.severity == "warning"
@@ -73,19 +71,19 @@ def test_idle_in_transaction_session_is_reported(quiet: Sandbox,
 
 def test_idle_in_transaction_critical_past_second_threshold(
         quiet: Sandbox, runbook: Callable[..., Runbook]) -> None:
-    rb = runbook()
+    rb = runbook(idle_in_transaction_warning_s=0.2, idle_in_transaction_critical_s=1)
     with incidents.leaking_app(quiet.url("app"), "stuck-worker", idle=0, idle_in_transaction=1):
         time.sleep(1.2)
-        cx.holders(rb, idle_in_transaction_warning_s=0.2, idle_in_transaction_critical_s=1)
+        rb.step("holders")
     (f,) = by_check(rb, "idle_in_transaction")
     assert f.severity == "critical"
 
 
 def test_leak_suspect_and_pool_overflow(quiet: Sandbox, runbook: Callable[..., Runbook]) -> None:
-    rb = runbook(url_params={"connection_limit": "5"})
+    rb = runbook(url_params={"connection_limit": "5"}, leak_idle_count=10, leak_idle_age_s=1)
     with incidents.leaking_app(quiet.url("app"), "cosnap-backend", idle=12):
         time.sleep(1.1)
-        cx.leaks(rb, leak_idle_count=10, leak_idle_age_s=1)
+        rb.step("leaks")
     (leak,) = by_check(rb, "leak_suspect")
     assert leak.severity == "warning" and "cosnap-backend" in leak.title
     assert "12 idle" in leak.title
@@ -95,29 +93,28 @@ def test_leak_suspect_and_pool_overflow(quiet: Sandbox, runbook: Callable[..., R
 
 def test_young_idle_connections_are_not_a_leak(quiet: Sandbox,
                                                runbook: Callable[..., Runbook]) -> None:
-    rb = runbook()
+    rb = runbook(leak_idle_count=10, leak_idle_age_s=600, pool_size=20)
     with incidents.leaking_app(quiet.url("app"), "warm-pool", idle=12):
-        cx.leaks(rb, leak_idle_count=10, leak_idle_age_s=600, pool_size=20)
+        rb.step("leaks")
     assert [f.severity for f in by_check(rb, "leak_suspect")] == ["ok"]
-    assert not by_check(rb, "pool_overflow")
+    assert [f.severity for f in by_check(rb, "pool_overflow")] == ["ok"]
 
 
 @pytest.mark.parametrize(("replicas", "limit", "severity"),
                          [(3, 5, "ok"), (3, 8, "warning"), (3, 10, "critical")])
 def test_connection_budget(runbook: Callable[..., Runbook], replicas: int, limit: int,
                            severity: str) -> None:
-    rb = runbook(url_params={"connection_limit": str(limit)})
-    cx.budget(rb, replicas=replicas)
+    rb = runbook(url_params={"connection_limit": str(limit)}, replicas=replicas)
+    rb.step("budget")
     (f,) = by_check(rb, "connection_budget")
     assert f.severity == severity
     assert f"{replicas} x {limit}" in f.title and f"{AVAILABLE} slots" in f.title
 
 
 def test_budget_without_pool_size_is_skipped_with_reason(runbook: Callable[..., Runbook]) -> None:
-    rb = runbook()
-    cx.budget(rb, replicas=3)
-    assert any(s.check == "connection_budget" and "pool size unknown" in s.reason
-               for s in rb.report.skipped)
+    rb = runbook(replicas=3)
+    rb.step("budget")
+    assert any("pool size unknown" in r for r in skipped(rb, "connection_budget"))
 
 
 def test_exhausted_slots_through_admin_target(quiet: Sandbox, runbook: Callable[..., Runbook],
@@ -126,7 +123,7 @@ def test_exhausted_slots_through_admin_target(quiet: Sandbox, runbook: Callable[
     with incidents.exhausted(quiet.url("app"), "cosnap-backend") as held:
         assert len(held.conns) == AVAILABLE
         rb = runbook(role="app", admin_target="env:RB_ADMIN_URL")
-        data = cx.run_all(rb)
+        data = rb.run_all()
     (f,) = [f for f in data["findings"] if f["check"] == "too_many_clients"]
     assert f["severity"] == "critical" and "53300" in f["title"]
     (usage,) = [f for f in data["findings"] if f["check"] == "connection_usage"]
@@ -138,7 +135,7 @@ def test_exhausted_without_admin_target_still_completes(
         quiet: Sandbox, runbook: Callable[..., Runbook]) -> None:
     with incidents.exhausted(quiet.url("app"), "cosnap-backend"):
         rb = runbook(role="app")
-        data = cx.run_all(rb)
+        data = rb.run_all()
     assert data["status"] == "critical" and not data["errors"]
     assert any(s["check"] == "admin_target" for s in data["skipped"])
 
@@ -147,8 +144,8 @@ def test_monitor_role_sees_other_roles_sessions(quiet: Sandbox,
                                                 runbook: Callable[..., Runbook]) -> None:
     rb = runbook(role="monitor")
     with incidents.leaking_app(quiet.url("app"), "cosnap-backend", idle=3):
-        cx.reachability(rb)
-        df = cx.activity(rb)
+        rb.step("usage")
+        df = rb.snapshot("activity").sessions
     assert rb.session.facts.current_user == "monitor" and not rb.session.facts.is_superuser
     assert rb.session.facts.has_role("pg_monitor")
     mine = df[df["application"] == "cosnap-backend"]
@@ -159,7 +156,7 @@ def test_monitor_role_sees_other_roles_sessions(quiet: Sandbox,
 def test_app_role_without_pg_monitor_is_told_what_it_cannot_see(
         runbook: Callable[..., Runbook]) -> None:
     rb = runbook(role="app")
-    cx.activity(rb)
+    rb.step("usage")
     assert any(s.check == "visibility" and "pg_monitor" in s.reason for s in rb.report.skipped)
 
 
@@ -178,11 +175,11 @@ def test_session_is_read_only_with_timeouts(runbook: Callable[..., Runbook]) -> 
 
 def test_action_preview_changes_nothing_and_is_audited(
         quiet: Sandbox, runbook: Callable[..., Runbook], tmp_path: Path) -> None:
-    rb = runbook()
+    rb = runbook(terminate_application="stuck-worker", terminate_idle_s=1)
     with incidents.leaking_app(quiet.url("app"), "stuck-worker", idle=0,
                                idle_in_transaction=2) as held:
         time.sleep(1.1)
-        cx.terminate_idle_in_transaction(rb, "stuck-worker", older_than_s=1, allow_actions=False)
+        rb.step("action")
         assert all(not c.closed and c.execute("SELECT 1").fetchone() == (1,) for c in held.conns)
         pids = sorted(held.pids)
     (f,) = by_check(rb, "action_terminate")
@@ -197,12 +194,13 @@ def test_action_with_allow_actions_terminates_and_is_audited(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOKS_HEADLESS", "1")
     monkeypatch.setenv("RB_ADMIN_URL", quiet.url("postgres"))
-    rb = runbook(admin_target="env:RB_ADMIN_URL")
+    rb = runbook(admin_target="env:RB_ADMIN_URL", terminate_application="stuck-worker",
+                 terminate_idle_s=1, allow_actions=True)
     with incidents.leaking_app(quiet.url("app"), "stuck-worker", idle=1,
                                idle_in_transaction=2) as held:
         time.sleep(1.1)
         idle_pid, *stuck = held.pids
-        cx.terminate_idle_in_transaction(rb, "stuck-worker", older_than_s=1, allow_actions=True)
+        rb.step("action")
 
         def gone() -> bool:
             with psycopg.connect(quiet.url("postgres")) as c:
@@ -217,9 +215,19 @@ def test_action_with_allow_actions_terminates_and_is_audited(
     assert "2 of 2 sessions ended" in f.title
 
 
-def test_thresholds_in_percent_mean_the_same(quiet: Sandbox, runbook: Callable[..., Runbook]) -> None:
-    rb = runbook()
-    with incidents.leaking_app(quiet.url("app"), "leaky-api", idle=22):  # 81 %
-        cx.usage(rb, warning=80, critical=95)
-    (f,) = by_check(rb, "connection_usage")
-    assert f.severity == "warning" and f.metric is not None and f.metric.threshold == 0.8
+def test_a_role_that_may_not_signal_is_refused_with_the_missing_privilege(
+        quiet: Sandbox, runbook: Callable[..., Runbook], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_HEADLESS", "1")
+    rb = runbook(role="monitor", terminate_application="stuck-worker", terminate_idle_s=1,
+                 allow_actions=True)
+    with incidents.leaking_app(quiet.url("app"), "stuck-worker", idle=0,
+                               idle_in_transaction=1) as held:
+        time.sleep(1.1)
+        rb.step("action")
+        assert all(c.execute("SELECT 1").fetchone() == (1,) for c in held.conns)
+    (f,) = by_check(rb, "action_terminate")
+    assert f.severity == "warning" and "refused" in f.title
+    assert "pg_signal_backend" in f.detail and "pg_monitor" not in f.detail
+    (line,) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert line["decision"] == "failed" and "pg_signal_backend" in line["result"]

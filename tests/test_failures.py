@@ -11,16 +11,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from runbooks_lib import failures as fx
+from runbooks_lib.probes.server_log import LogRead
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import incidents as inc
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import by_check, findings_of, retry, run_cli
+from .conftest import by_check, findings_of, retry, run_cli, skipped
 
 
 @pytest.fixture
@@ -38,27 +39,54 @@ def later(fn: Callable[..., object], *args: object) -> None:
     fn(*args)
 
 
+def logged(log: LogRead) -> dict[str, int]:
+    """The errors by SQLSTATE the log read found."""
+    return log.require().errors_by_sqlstate
 
-def read_when_logged(rb: Runbook, since: str, check: str) -> None:
-    """Read the log until CHECK shows up (the logging collector writes asynchronously)."""
-    def found() -> bool:
-        rb.report.findings = [f for f in rb.report.findings if not f.check.startswith("errors")]
-        fx.read_log(rb, "auto", since)
-        fx.by_sqlstate(rb)
+
+def read_until(failures_rb: Callable[..., Runbook], done: Callable[[Runbook], bool],
+               **params: Any) -> Runbook:
+    """A runbook whose log read satisfies DONE: the logging collector writes asynchronously,
+    and a run reads the log once, so each attempt is a fresh run (the others closed)."""
+    def attempt() -> Runbook | None:
+        rb = failures_rb(**params)
+        rb.check("transaction_failures.log")
+        if done(rb):
+            return rb
+        rb.close()
+        return None
+
+    found = retry(attempt, timeout=10, interval=0.3)
+    assert found is not None
+    return found
+
+
+def log_of(rb: Runbook) -> LogRead:
+    log: LogRead = rb.snapshot("log_errors")
+    return log
+
+
+def read_when_logged(failures_rb: Callable[..., Runbook], since: str, check: str,
+                     **params: Any) -> Runbook:
+    """Read the log until its errors by SQLSTATE include CHECK."""
+    def done(rb: Runbook) -> bool:
+        rb.check("transaction_failures.errors_by_sqlstate")
         return bool(by_check(rb, check))
 
-    retry(found, timeout=10, interval=0.3)
+    return read_until(failures_rb, done, since=since, **params)
 
 
 def test_healthy_workload_is_quiet(quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
     since = since_now()
-    rb = failures_rb()
+    rb = failures_rb(sample_seconds=1.5, since=since)
     with inc.workload(quiet.url("app"), inc.healthy_batch):
-        fx.run_all(rb, sample_seconds=1.5, since=since)
+        data = rb.run_all()
     bad = [f.title for f in rb.report.findings if f.severity in ("warning", "critical")]
-    assert not bad and not rb.report.errors
+    assert not bad and not rb.report.errors and not data["errors"]
     (rate,) = by_check(rb, "rollback_rate")
     assert "Rollback rate 0.0%" in rate.title
+    assert [f.severity for f in by_check(rb, "errors")] == ["ok"]  # the log was read
+    assert not by_check(rb, "log_setup")
 
 
 def test_errors_are_classified_with_remediation(quiet: Sandbox,
@@ -68,17 +96,16 @@ def test_errors_are_classified_with_remediation(quiet: Sandbox,
     assert inc.deadlock(quiet.url("app")) == 1
     assert inc.serialization_failure(quiet.url("app")) == 1
     assert inc.idle_in_transaction_timeout(quiet.url("app")) == 1
-    rb = failures_rb()
     expected = sum(raised.values()) + 3  # + the deadlock, the 40001 and the FATAL 25P03
-    retry(lambda: fx.read_log(rb, "auto", since) is not None and len(rb.data["errors"]) == expected,
-          timeout=10, interval=0.3)  # the logging collector writes asynchronously
-    fx.by_sqlstate(rb)
+    rb = read_until(failures_rb, lambda rb: len(log_of(rb).errors) == expected, since=since)
+    rb.check("transaction_failures.errors_by_sqlstate")
     sev = {f.check: f for f in rb.report.findings}
     integrity = sev["errors_integrity"]
     assert integrity.severity == "warning"
     assert "23503 foreign_key_violation x2" in integrity.title and "23505" in integrity.title
     assert "insert parents before children" in integrity.remediation
     retry_ = sev["errors_retryable-transient"]
+    assert retry_.severity == "warning"
     assert "40P01 deadlock_detected x1" in retry_.title and "40001" in retry_.title
     assert "backoff and jitter" in retry_.remediation and "retryable: yes" in retry_.detail
     timeout = sev["errors_timeout"]
@@ -87,6 +114,7 @@ def test_errors_are_classified_with_remediation(quiet: Sandbox,
     assert "22012" in bug.title and "42P01" in bug.title
     assert any("FROM no_such_table" in e["statement"] for e in bug.evidence)
     assert raised["23503"] == 2
+    assert not rb.report.errors
 
 
 def test_deadlock_cycles_and_fk_violations(quiet: Sandbox,
@@ -98,48 +126,54 @@ def test_deadlock_cycles_and_fk_violations(quiet: Sandbox,
             c.execute("INSERT INTO comments (post_id, user_id, body) VALUES (1, 999999999, 'x')")
         c.rollback()
         inc.failing_statements(quiet.url("app"))  # comments_post_id_fkey, indexed
-        rb = failures_rb()
-        read_when_logged(rb, since, "errors_retryable-transient")
-        fx.deadlock_cycles(rb)
-        fx.fk_violations(rb)
+        rb = read_when_logged(failures_rb, since, "errors_retryable-transient")
+        rb.check("transaction_failures.deadlocks")
+        rb.check("transaction_failures.fk_violations")
     (d,) = by_check(rb, "deadlock")
     assert d.severity == "warning" and "on users" in d.title
     assert "in one order" in d.remediation and "retry 40P01" in d.remediation
     assert d.metric is not None and d.metric.value == 1
     fk = {f.title.split(" of foreign key ")[1].split(":")[0]: f for f in by_check(rb, "fk_violation")}
+    assert fk["comments_user_id_fkey"].severity == "warning"
     assert "indexed: NO" in fk["comments_user_id_fkey"].detail
-    assert "CREATE INDEX CONCURRENTLY ON comments(user_id)" in fk["comments_user_id_fkey"].remediation
+    assert 'CREATE INDEX CONCURRENTLY ON "public"."comments" ("user_id");' \
+        in fk["comments_user_id_fkey"].remediation
     assert "indexed: yes" in fk["comments_post_id_fkey"].detail
+    assert "CREATE INDEX" not in fk["comments_post_id_fkey"].remediation
+    assert not rb.report.errors
 
 
 def test_rollback_burst_is_critical(quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
-    rb = failures_rb()
+    rb = failures_rb(sample_seconds=1.5)
     burst = threading.Thread(target=later, args=(inc.rollbacks, quiet.url("app"), 60))
     burst.start()
-    fx.counters(rb, sample_seconds=1.5)
+    rb.check("transaction_failures.counters")
     burst.join()
     (f,) = by_check(rb, "rollback_rate")
     assert f.severity == "critical" and f.metric is not None and (f.metric.value or 0) > 0.5
 
 
 def test_deadlock_in_the_window_warns(quiet: Sandbox, failures_rb: Callable[..., Runbook]) -> None:
-    rb = failures_rb()
+    rb = failures_rb(sample_seconds=1.5)
     t = threading.Thread(target=later, args=(inc.deadlock, quiet.url("app")))
     t.start()
-    fx.counters(rb, sample_seconds=1.5)
+    rb.check("transaction_failures.counters")
     t.join()
     (f,) = by_check(rb, "deadlock_rate")
     assert f.severity == "warning" and "1 deadlock(s)" in f.title
 
 
-def test_monitor_role_without_log_access_says_why(failures_rb: Callable[..., Runbook]) -> None:
-    rb = failures_rb(role="monitor")
-    fx.read_log(rb, "auto", "5m")
-    fx.by_sqlstate(rb)
-    reasons = {s.check: s.reason for s in rb.report.skipped}
-    assert "pg_read_server_files" in reasons["log"]
-    assert "step 3 was skipped" in reasons["errors_by_sqlstate"]
-    assert not rb.report.errors
+def test_monitor_role_without_log_access_warns_never_says_no_error(
+        failures_rb: Callable[..., Runbook]) -> None:
+    rb = failures_rb(role="monitor", log_source="auto", since="5m", sample_seconds=0.5)
+    data = rb.run_all()
+    (setup,) = by_check(rb, "log_setup")
+    assert setup.severity == "warning" and "not read" in setup.title
+    assert "pg_read_server_files" in setup.detail + setup.remediation
+    assert not by_check(rb, "errors"), "no 'No error logged' without a log read"
+    assert any("not read" in r for r in skipped(rb, "errors_by_sqlstate"))
+    assert skipped(rb, "deadlocks") and skipped(rb, "fk_violations")
+    assert data["status"] != "ok" and not rb.report.errors
 
 
 def test_malformed_log_file_is_counted(tmp_path: Path, failures_rb: Callable[..., Runbook]) -> None:
@@ -147,13 +181,14 @@ def test_malformed_log_file_is_counted(tmp_path: Path, failures_rb: Callable[...
             '2026-11-27 23:35:00 UTC,3/4,0,ERROR,22012,"division by zero",,,,,,'
             '"SELECT 1/0",,,"cosnap-backend","client backend",,0\n')
     (tmp_path / "pg.csv").write_text(line + "garbage\n" + line)
-    rb = failures_rb()
-    fx.read_log(rb, str(tmp_path / "*.csv"), "2026-11-27T00:00:00")
-    fx.by_sqlstate(rb)
+    rb = failures_rb(log_source=str(tmp_path / "*.csv"), since="2026-11-27T00:00:00")
+    rb.check("transaction_failures.log")
+    rb.check("transaction_failures.errors_by_sqlstate")
     (m,) = by_check(rb, "log_malformed")
     assert m.severity == "info" and m.title.startswith("1 malformed")
     (bug,) = by_check(rb, "errors_application-bug")
     assert "22012 division_by_zero x2" in bug.title
+    assert not rb.report.errors
 
 
 def test_stderr_log_with_its_prefix_and_with_a_wrong_one(
@@ -161,17 +196,14 @@ def test_stderr_log_with_its_prefix_and_with_a_wrong_one(
     since = since_now()
     raised = inc.failing_statements(quiet.url("app"))
     pattern = str(quiet.log_dir / "*.log")
-    rb = failures_rb()
-
-    def logged() -> bool:
-        fx.read_log(rb, pattern, since)  # the prefix: the server's
-        return bool(rb.data["error_counts"] == raised)
-
-    retry(logged, timeout=10, interval=0.3)
-    fx.by_sqlstate(rb)
+    # the prefix: the server's
+    rb = read_until(failures_rb, lambda rb: logged(log_of(rb)) == raised, log_source=pattern,
+                    since=since)
+    rb.check("transaction_failures.errors_by_sqlstate")
     assert by_check(rb, "errors_integrity") and not by_check(rb, "log_setup")
-    wrong = failures_rb()
-    fx.read_log(wrong, pattern, since, log_line_prefix="%t [%p]: user=%u,db=%d ")
+    wrong = failures_rb(log_source=pattern, since=since,
+                        log_line_prefix="%t [%p]: user=%u,db=%d ")
+    wrong.check("transaction_failures.log")
     (f,) = by_check(wrong, "log_setup")
     assert f.severity == "warning" and "%e (SQLSTATE)" in f.title and "%a" in f.title
     assert "another prefix" in f.detail
@@ -196,10 +228,10 @@ def test_default_prefix_still_finds_deadlocks_and_says_to_add_sqlstate(
     retry(lambda: copied() > before, timeout=10, interval=0.3)
     time.sleep(0.5)  # the rest of the errors
     copied()
-    rb = failures_rb()
-    fx.read_log(rb, str(plain), since, log_line_prefix="%m [%p] ")
-    fx.by_sqlstate(rb)
-    fx.deadlock_cycles(rb)
+    rb = failures_rb(log_source=str(plain), since=since, log_line_prefix="%m [%p] ")
+    rb.check("transaction_failures.log")
+    rb.check("transaction_failures.errors_by_sqlstate")
+    rb.check("transaction_failures.deadlocks")
     (setup,) = by_check(rb, "log_setup")
     assert setup.severity == "warning" and "%e (SQLSTATE)" in setup.title
     (d,) = by_check(rb, "deadlock")
@@ -223,13 +255,10 @@ def test_auto_reads_a_stderr_only_server_through_sql_and_its_tail(
         since = since_now()
         raised = inc.failing_statements(quiet.url("app"))
         for max_mb in (50, 0.02):  # the whole files, then only their last 20 kB
-            rb = failures_rb()
-
-            def logged(rb: Runbook = rb, max_mb: float = max_mb) -> bool:
-                fx.read_log(rb, "auto", since, max_mb)  # the prefix: the server's
-                return bool(rb.data["error_counts"] == raised)
-
-            retry(logged, timeout=10, interval=0.3)
+            # the prefix: the server's
+            rb = read_until(failures_rb, lambda rb: logged(log_of(rb)) == raised,
+                            log_source="auto", since=since, log_max_mb=max_mb)
+            assert "stderr" in log_of(rb).require().source
             assert not by_check(rb, "log_setup") and not rb.report.errors
     finally:
         destination(None)

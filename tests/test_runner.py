@@ -90,7 +90,7 @@ def test_unreachable_server_is_critical_within_the_connect_budget(tmp_path: Path
     assert f["severity"] == "critical" and "refused" in f["title"] and "3 attempt" in f["title"]
     attempts = [e for e in f["evidence"] if "attempt" in e]
     assert sum(a["seconds"] for a in attempts) < 2 + 1
-    assert {s["check"] for s in data["skipped"]} >= {"connection_usage", "holders"}
+    assert {s["check"] for s in data["skipped"]} >= {"connection_usage", "idle_in_transaction"}
     assert not data["errors"]
     assert_secret_absent(tmp_path, "hunter22")
 
@@ -142,42 +142,45 @@ def test_report_escapes_what_came_from_the_database(quiet: Sandbox, tmp_path: Pa
     assert evil in usage["detail"], "the JSON keeps the raw name; only HTML escapes"
 
 
-def write_notebook(nbdir: Path, name: str, params: str, cells: list[Any]) -> None:
-    """A runbook notebook: a title, a parameters cell, then CELLS."""
+def copy_notebook(nbdir: Path, name: str, edit: Any) -> None:
+    """NAME's real notebook into NBDIR, its cells passed through EDIT (a list -> list)."""
     nbdir.mkdir(exist_ok=True)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    cell = nbformat.v4.new_code_cell(params)
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), cell, *cells]
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    nb.cells = edit(nb.cells)
     nbformat.write(nb, nbdir / f"{name}.ipynb")
 
 
-def test_a_runbook_failing_half_way_still_writes_what_it_found(tmp_path: Path) -> None:
+def test_a_runbook_failing_half_way_still_writes_what_it_found(quiet: Sandbox,
+                                                              tmp_path: Path) -> None:
     nbdir = tmp_path / "notebooks"
-    write_notebook(nbdir, "broken", 'target: str = "env:DATABASE_URL"\nfindings_path: str = ""', [
-        nbformat.v4.new_code_cell(
-            "from runbooks_lib.runbook import Runbook\nfrom runbooks_lib.findings import Finding\n"
-            "rb = Runbook('broken', target='host=h password=x', findings_path=findings_path)\n"
-            "rb.add(Finding('first_step', 'warning', 'found before the failure'))"),
-        nbformat.v4.new_markdown_cell("## Step two: look at something"),
-        nbformat.v4.new_code_cell("raise RuntimeError('step two exploded with password=hunter22')"),
-        nbformat.v4.new_code_cell("rb.finish()"),
-    ])
+
+    def explode_after_usage(cells: list[Any]) -> list[Any]:
+        at = next(i for i, c in enumerate(cells) if c.source == 'rb.step("usage")') + 1
+        return [*cells[:at], nbformat.v4.new_markdown_cell("## Step two: look at something"),
+                nbformat.v4.new_code_cell(
+                    "raise RuntimeError('step two exploded with password=hunter22')"),
+                *cells[at:]]
+
+    copy_notebook(nbdir, "connectivity", explode_after_usage)
     out = tmp_path / "out"
-    proc = run_cli("run", "broken", "--out", str(out),
-                   env={"RUNBOOKS_NOTEBOOK_DIR": str(nbdir), "PYTHONPATH": str(ROOT)})
+    proc = run_cli("run", "connectivity", "--out", str(out),
+                   env={"RUNBOOKS_NOTEBOOK_DIR": str(nbdir), "PYTHONPATH": str(ROOT),
+                        "DATABASE_URL": quiet.url("monitor")})
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    data = outputs(out, "broken")
-    assert [f["title"] for f in data["findings"]] == ["found before the failure"]
+    assert "connectivity: could not run" in proc.stdout
+    data = outputs(out)
+    assert [f["check"] for f in data["findings"]] == ["reachability", "connection_usage"]
+    assert data["status"] == "could not run"
     (err,) = data["errors"]
-    assert err["step"] == "cell 4 (Step two: look at something)"
+    assert err["step"].endswith("(Step two: look at something)")
     assert "RuntimeError: step two exploded" in err["message"]
     assert "hunter22" not in json.dumps(data)
-    html = (out / "broken.html").read_text()
+    html = (out / "connectivity.html").read_text()
     assert "step two exploded" in html and "hunter22" not in html
-    assert json.loads((out / "summary.json").read_text())["exit_code"] == 3
+    assert 'class="rb-status-could-not-run"' in html and 'class="rb-status-ok"' not in html
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exit_code"] == 3 and summary["status"] == "could not run"
+    assert summary["runbooks"][0]["status"] == "could not run"
 
 
 def test_notebooks_run_clean_under_nbval_lax(quiet: Sandbox) -> None:
@@ -198,7 +201,13 @@ def test_missing_target_variable_means_could_not_run(tmp_path: Path) -> None:
     data = outputs(tmp_path)
     (err,) = data["errors"]
     assert err["step"] == "target" and "DATABASE_URL is not set" in err["message"]
-    assert "could not run" in (tmp_path / "connectivity.html").read_text()
+    assert data["status"] == "could not run"
+    assert "connectivity: could not run" in proc.stdout and ": ok" not in proc.stdout
+    html = (tmp_path / "connectivity.html").read_text()
+    assert "could not run" in html and 'class="rb-status-ok"' not in html
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "could not run" and summary["exit_code"] == 3
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_relative_out_dir_and_default_out_dir(quiet: Sandbox, tmp_path: Path) -> None:
@@ -215,9 +224,87 @@ def test_relative_out_dir_and_default_out_dir(quiet: Sandbox, tmp_path: Path) ->
 
 def test_a_notebook_that_writes_no_findings_could_not_run(tmp_path: Path) -> None:
     nbdir = tmp_path / "notebooks"
-    write_notebook(nbdir, "forgetful", 'findings_path: str = ""', [nbformat.v4.new_code_cell("x = 1")])
-    proc = run_cli("run", "forgetful", "--out", str(tmp_path / "out"),
+    copy_notebook(nbdir, "connectivity",
+                  lambda cells: [c for c in cells if c.cell_type == "markdown"
+                                 or "parameters" in c.metadata.get("tags", [])])
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path / "out"),
                    env={"RUNBOOKS_NOTEBOOK_DIR": str(nbdir)})
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    (err,) = outputs(tmp_path / "out", "forgetful")["errors"]
+    (err,) = outputs(tmp_path / "out")["errors"]
     assert "wrote no findings" in err["message"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["run", "connectivity", "-p", "allow_action=true"], "did you mean allow_actions?"),
+    (["run", "connectivity", "-p", "connection_usage_warning=2.5"],
+     "connection_usage_warning=2.5: expected a float from 0.01 to 1"),
+    (["run", "connectivity", "-p", "connect_timeout_s=-1"], "connect_timeout_s=-1"),
+    (["run", "latency", "-p", "sample_seconds=abc"], "sample_seconds='abc': expected a float"),
+    (["run", "latency", "-p", "blocker_action=kill"], "one of cancel, terminate"),
+    (["run", "conectivity"], "unknown runbook conectivity (did you mean connectivity?)"),
+    (["run"], "name one or more runbooks"),
+    (["run", "connectivity", "-p", "novalue"], "-p takes KEY=VALUE"),
+    (["run", "connectivity", "--bogus"], "unrecognized arguments"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_usage_errors_exit_64_before_anything_runs(tmp_path: Path, args: list[str],
+                                                   says: str) -> None:
+    proc = run_cli(*args, "--out", str(tmp_path / "out")) if args[0] == "run" and \
+        "--bogus" not in args else run_cli(*args)
+    assert proc.returncode == 64, proc.stdout + proc.stderr
+    assert says in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists(), "nothing ran"
+
+
+def test_out_that_is_a_file_or_unwritable_is_a_usage_error(tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        proc = run_cli("run", "connectivity", "--out", str(out))
+        assert proc.returncode == 64, proc.stdout + proc.stderr
+        assert "--out" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_two_runs_into_one_out_dir_are_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".runbooks.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run in progress
+        proc = run_cli("run", "connectivity", "--out", str(out))
+    assert proc.returncode == 64 and "another run is writing there" in proc.stderr
+    assert not (out / "summary.json").exists()
+
+
+def test_every_declared_parameter_is_seen_by_papermill() -> None:
+    """papermill drops a parameter whose comment it cannot parse: then -p does not inject it."""
+    import papermill
+
+    from runbooks_lib import registry
+
+    for name in registry.runbooks():
+        seen = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+        declared = {p.name: p for p in registry.parameters(registry.runbook(name))}
+        assert set(seen) == set(declared), name
+        for pname, p in declared.items():
+            assert seen[pname]["inferred_type_name"] == p.type_name, pname
+
+
+def test_a_clean_run_prints_only_its_results(quiet: Sandbox, tmp_path: Path) -> None:
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path), "-p", "pool_size=5",
+                   env={"DATABASE_URL": quiet.url("monitor")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("connectivity: ok")
+
+
+def test_reports_are_no_more_readable_than_the_umask_allows(quiet: Sandbox,
+                                                            tmp_path: Path) -> None:
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path / "out"),
+                   env={"DATABASE_URL": quiet.url("monitor")}, umask=0o077)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for path in (tmp_path / "out").iterdir():
+        if path.is_file():
+            assert path.stat().st_mode & 0o077 == 0, f"{path.name} readable by others"

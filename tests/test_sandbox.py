@@ -98,9 +98,25 @@ def test_demo_finds_every_injected_incident(tmp_path: Path) -> None:
 
 
 def test_demo_self_check_reports_what_a_healthy_run_misses(quiet: Sandbox, tmp_path: Path) -> None:
-    proc = run_cli("run", "connectivity", "--out", str(tmp_path),
-                   env={"DATABASE_URL": quiet.url("monitor")})
-    assert proc.returncode == 0
+    """Every runbook runs (each findings file exists), so each expectation is missed for the
+    right reason: the healthy server has no incident."""
+    proc = run_cli("run", "--all", "--out", str(tmp_path), "-p", "sample_seconds=1",
+                   env={"DATABASE_URL": quiet.url("postgres")})
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     problems = demo.missed(tmp_path, demo.EXPECTED)
-    assert len(problems) == len(demo.EXPECTED)
+    assert len(problems) == len(demo.EXPECTED), problems
+    assert all(": missed " in p for p in problems), problems
     assert "missed connection_usage >= warning naming cosnap-backend" in problems[0]
+
+
+def test_demo_expectations_agree_with_the_registry() -> None:
+    """Each expectation names a finding that a check of its runbook emits, every runbook has
+    one, and the demo's parameters are valid for the runbooks it runs."""
+    from runbooks_lib import params, registry
+
+    emitted = {name: {e for c in registry.checks_of(registry.runbook(name)) for e in c.emits}
+               for name in registry.runbooks()}
+    for e in demo.EXPECTED:
+        assert e.check in emitted[e.runbook], e
+    assert {e.runbook for e in demo.EXPECTED} == set(registry.runbooks())
+    params.validate(list(registry.runbooks()), {**demo.PARAMS, "log_source": "/x/*.csv"})

@@ -64,7 +64,7 @@ def test_query_ladder_skips_features_the_server_lacks() -> None:
 def test_every_query_file_runs_on_the_sandbox(sandbox: Sandbox) -> None:
     params = {"application": "x", "older_than_s": 1.0, "dry_run": True, "pids": [],
               "query_s": 60, "xact_s": 3600, "mode": "cancel", "oids": [],
-              "min_rows": 0, "min_bytes": 0, "showtext": True, "names": []}
+              "min_rows": 0, "min_bytes": 0, "showtext": True, "names": [], "relids": []}
     with Session(resolve(sandbox.url("monitor"))) as s:
         for path in sorted(resources.files(queries).iterdir(), key=lambda p: p.name):
             if path.name.endswith(".sql") and path.name != "read_log.sql":  # needs a file name

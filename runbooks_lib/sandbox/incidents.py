@@ -58,7 +58,7 @@ def _open(url: str, application: str, n: int, in_transaction: bool,
 def leaking_app(url: str, application: str = "cosnap-backend", idle: int = 10,
                 idle_in_transaction: int = 0) -> Iterator[Held]:
     """An application that leaks connections: IDLE idle sessions plus some idle in transaction
-    (the seed's 15 PrismaClient instances, each with its own pool)."""
+    (as in 15 PrismaClient instances, each with its own pool)."""
     held = Held()
     try:
         _open(url, application, idle, False, held)
@@ -186,7 +186,7 @@ def staged(url: str, do: list[Change], undo: list[Change]) -> Iterator[None]:
 
 
 def missing_index(url: str, extra_rows: int = 20000) -> AbstractContextManager[None]:
-    """The seed's verification-code lookup without its index, on a table that has grown by
+    """The demo app's verification-code lookup without its index, on a table that has grown by
     EXTRA_ROWS: the hot query seq-scans it and keeps the server busy."""
     return staged(
         url,
@@ -207,10 +207,21 @@ def verification_lookups(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 
 
 def posts_then_authors(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """The seed's N+1: findMany posts, then findUnique user per post."""
+    """The demo app's N+1: findMany posts, then findUnique user per post."""
     posts = conn.execute("SELECT id, user_id FROM posts ORDER BY id LIMIT 50").fetchall()
     for _, user_id in posts:
         conn.execute("SELECT id, username FROM users WHERE id = %s", (user_id,))
+
+
+def account_deletions(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """An account deletion, rolled back: the cascades and foreign key checks it runs scan every
+    referencing table, with or without an index to serve them."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("DELETE FROM users WHERE id = (SELECT max(id) FROM users)")
+    except psycopg.Error:
+        pass  # a RESTRICT reference: the check has scanned by then
+    time.sleep(0.2)
 
 
 def healthy_batch(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -306,7 +317,7 @@ def invalid_index(url: str) -> AbstractContextManager[None]:
 
 
 def fk_without_index(url: str) -> AbstractContextManager[None]:
-    """comments.user_id loses its index: deleting a user scans comments (the seed's 30 s)."""
+    """comments.user_id loses its index: deleting a user scans comments (as in 30 s)."""
     return staged(url, ["DROP INDEX IF EXISTS comments_user_id_idx"],
                ["CREATE INDEX IF NOT EXISTS comments_user_id_idx ON comments (user_id)"])
 

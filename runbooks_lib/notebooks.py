@@ -1,0 +1,75 @@
+"""The notebooks' code cells, derived from the registry: the parameters cell, the cell that
+starts the run, one `rb.step(...)` cell per declared step and the verdict. The markdown cells
+(what each step looks at and why) are written by hand; `python -m runbooks_lib.notebooks`
+rewrites the code cells of every notebook from the registry, and a test fails when a committed
+notebook differs from what this module derives.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import registry
+
+
+def start_cell(name: str) -> str:
+    return ("from runbooks_lib.runbook import Runbook\n\n"
+            "# the connection attempt starts here, while the checks are loaded; every parameter\n"
+            "# above is checked against the runbook's declaration\n"
+            f'rb = Runbook.start("{name}", globals())')
+
+
+def step_cell(key: str) -> str:
+    return f'rb.step("{key}")'
+
+
+VERDICT = "verdict = rb.finish()"
+
+
+def expected_code(spec: registry.RunbookSpec) -> list[str]:
+    """The code cells of SPEC's notebook, in order."""
+    return [registry.parameters_cell(spec), start_cell(spec.name),
+            *(step_cell(s.key) for s in spec.steps), VERDICT]
+
+
+def code_of(nb: Any) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def sync(path: Path) -> bool:
+    """Rewrite PATH's code cells from the registry (markdown kept); True when it changed.
+    The notebook must already have one code cell per expected cell."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    spec = registry.runbook(path.stem)
+    want = expected_code(spec)
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    if len(cells) != len(want):
+        raise SystemExit(f"{path.name}: {len(cells)} code cells, the registry declares "
+                         f"{len(want)} (parameters, start, {len(spec.steps)} steps, verdict): "
+                         "add or remove a markdown + code cell pair by hand first")
+    changed = False
+    for cell, source in zip(cells, want, strict=True):
+        if cell.source != source:
+            cell.source, changed = source, True
+        cell.outputs, cell.execution_count = [], None
+    cells[0].metadata["tags"] = ["parameters"]
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
+def main(argv: list[str]) -> int:
+    from .report import available
+
+    for name, path in available().items():
+        if name in registry.runbooks():
+            print(f"{path.name}: {'rewritten' if sync(path) else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

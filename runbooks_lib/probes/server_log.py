@@ -1,0 +1,66 @@
+"""The server log, for the transaction-failures runbook: the errors of the window in one
+streaming pass (runbooks_lib.logs). A log that could not be read is a result too, not a silent
+empty one: the checks turn it into a warning that says why and how to fix it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import logs
+from ..errors import SkipStep
+from ..params import LOG_LINE_PREFIX, LOG_SOURCE
+from ..registry import Param, Params, Probe, register_probe
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..runbook import Runbook
+
+SINCE = Param("since", str, "1h", "log window: 15m, 1h, 1d or an ISO time")
+MAX_MB = Param("log_max_mb", float, 50.0,
+               "with log_source auto, read at most the last this many MB", "MB", 0.01, 100_000)
+ERROR_COLUMNS = ["time", "log_time", "user", "database", "application", "severity", "sqlstate",
+                 "message", "detail", "context", "query"]
+
+
+@dataclass(frozen=True)
+class LogRead:
+    """The errors read from the log since START, or why the log could not be read."""
+
+    start: dt.datetime
+    scan: logs.Scan | None
+    errors: pd.DataFrame
+    unreadable: SkipStep | None = None
+    statements_logged: str = ""  # log_min_error_statement when failing statements are not logged
+
+    def require(self) -> logs.Scan:
+        if self.scan is None:
+            raise SkipStep(f"the server log was not read: {self.unreadable}")
+        return self.scan
+
+
+def read(rb: Runbook, p: Params) -> LogRead:
+    import pandas as pd
+
+    since = logs.parse_since(p["since"])
+    start = since or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    source = p["log_source"]
+    empty = pd.DataFrame(columns=ERROR_COLUMNS)
+    setting = ""
+    try:
+        session = rb.session if source in ("", "auto") else rb.session_or_none()
+        if session is not None:
+            setting = session.facts.settings.get("log_min_error_statement", "error")
+            setting = setting if setting in ("log", "fatal", "panic") else ""
+        scan = logs.scan_source(session, source, start, p["log_line_prefix"],
+                                int(p["log_max_mb"] * 2**20), durations=False)
+    except SkipStep as exc:
+        return LogRead(start, None, empty, exc, setting)
+    return LogRead(start, scan, pd.DataFrame(list(scan.errors), columns=ERROR_COLUMNS),
+                   statements_logged=setting)
+
+
+register_probe(Probe("log_errors", read, __doc__ or "",
+                     params=(LOG_SOURCE, LOG_LINE_PREFIX, SINCE, MAX_MB)))
