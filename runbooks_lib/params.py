@@ -1,10 +1,10 @@
 """Parameters: the ones every runbook shares, and validation of given values against the
 registry before anything runs (a typo such as `allow_action=true` must never run silently).
 
->>> validate(["connectivity"], {"allow_action": "true"})
+>>> validate(["connectivity"], {"allow_action": "true"})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-runbooks_lib.params.UsageError: unknown parameter allow_action (did you mean allow_actions?) ...
+runbooks_lib.params.UsageError: unknown parameter allow_action (did you mean allow_actions?)...; the parameters of connectivity: ...
 """
 
 from __future__ import annotations

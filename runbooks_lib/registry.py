@@ -9,7 +9,7 @@ registry).
 
 >>> spec = runbook("connectivity")
 >>> spec.steps[0].checks
-('connectivity.reachability',)
+('shared.reachability',)
 >>> parameter("connection_usage_warning").default
 0.8
 """
@@ -61,13 +61,14 @@ class Param:
             return "one of " + ", ".join(self.choices)
         if self.kind is bool:
             return "true or false"
+        noun = {int: "an integer", float: "a number"}.get(self.kind, "text")
         if self.low is not None and self.high is not None:
-            return f"a {self.type_name} from {self.low:g} to {self.high:g}"
+            return f"{noun} from {self.low:g} to {self.high:g}"
         if self.low is not None:
-            return f"a {self.type_name} of at least {self.low:g}"
+            return f"{noun} of at least {self.low:g}"
         if self.high is not None:
-            return f"a {self.type_name} of at most {self.high:g}"
-        return f"a {self.type_name}" if self.kind is not str else "text"
+            return f"{noun} of at most {self.high:g}"
+        return noun
 
     def check(self, value: Any) -> Value:
         """VALUE if it is of this parameter's type and range, else ValueError saying why."""
@@ -101,9 +102,9 @@ class Param:
                 value = float(raw)
             else:
                 value = text
+            return self.check(value)
         except ValueError:
             raise ValueError(f"{self.name}={text!r}: expected {self.allowed()}") from None
-        return self.check(value)
 
     def line(self) -> str:
         """This parameter as a line of the notebook's parameters cell (typed, commented)."""

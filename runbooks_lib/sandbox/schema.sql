@@ -1,4 +1,4 @@
--- The demo application: the seed's Prisma schema (Cosnap) as PostgreSQL tables, with its
+-- The demo application: a Prisma application's schema (Cosnap) as PostgreSQL tables, with its
 -- indexes (@@index([userId]), @@index([email, scene, code]), @@index([createdAt]),
 -- @@unique([postId, userId])) and foreign keys. Every FK column is indexed here: incidents
 -- remove what they need to.

@@ -1,8 +1,8 @@
-"""The notebooks' code cells, derived from the registry: the parameters cell, the cell that
-starts the run, one `rb.step(...)` cell per declared step and the verdict. The markdown cells
-(what each step looks at and why) are written by hand; `python -m runbooks_lib.notebooks`
-rewrites the code cells of every notebook from the registry, and a test fails when a committed
-notebook differs from what this module derives.
+"""What is derived from the registry and committed: the notebooks' code cells (the parameters
+cell, the cell that starts the run, one `rb.step(...)` cell per declared step, the verdict) and
+the README's parameter tables. The notebooks' markdown (what each step looks at and why) is
+written by hand. `python -m runbooks_lib.derived` rewrites both from the registry; a test fails
+when a committed file differs from what this module derives.
 """
 
 from __future__ import annotations
@@ -62,12 +62,38 @@ def sync(path: Path) -> bool:
     return changed
 
 
+def readme_section(name: str) -> str:
+    spec = registry.runbook(name)
+    return (f"<!-- parameters:{name} (generated: python -m runbooks_lib.derived) -->\n"
+            f"{registry.readme_table(spec)}\n<!-- /parameters:{name} -->")
+
+
+def readme_sections(text: str) -> dict[str, str]:
+    """The generated parameter tables found in the README's TEXT, by runbook."""
+    import re
+
+    return {m.group(1): m.group(0) for m in re.finditer(
+        r"<!-- parameters:(\w+) .*?-->\n.*?<!-- /parameters:\1 -->", text, re.S)}
+
+
+def sync_readme(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8")
+    new = text
+    for name, old in readme_sections(text).items():
+        new = new.replace(old, readme_section(name))
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
 def main(argv: list[str]) -> int:
     from .report import available
 
     for name, path in available().items():
         if name in registry.runbooks():
             print(f"{path.name}: {'rewritten' if sync(path) else 'up to date'}")
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    print(f"README.md: {'rewritten' if sync_readme(readme) else 'up to date'}")
     return 0
 
 
