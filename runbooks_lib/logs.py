@@ -46,7 +46,7 @@ BUCKETS = 28_000
 # pg_ls_logdir() and some file systems give whole seconds: a file is skipped as older than the
 # window only when it was last written this long before the window's start
 MTIME_SLACK = dt.timedelta(minutes=1)
-DURATION_HEAD = r"^duration: (?P<ms>[0-9.]+) ms(?:  (?P<kind>statement|execute|parse|bind))?"
+DURATION_HEAD = r"^duration: (?P<ms>[0-9.]+) ms(?: {1,2}(?P<kind>statement|execute|parse|bind))?"
 
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime | None:

@@ -228,3 +228,53 @@ def test_a_bounded_read_says_how_far_back_it_reaches(tmp_path: Path) -> None:
     assert coverage.severity == "info" and "reaches back only to 2026-11-27 10:00:00" in coverage.title
     whole = logs.scan(logs.local_files(str(path)), "test", early, PREFIX)
     assert not whole.cut_short and not logs.setup_findings(whole)
+
+
+# every value an escape can take, as the server writes it (documentation of log_line_prefix)
+VALUES = {
+    "%r": ["[local]", "127.0.0.1(5432)", "::1(51234)", "2001:db8::7(6543)", "db.example.com(5432)",
+           ""],
+    "%h": ["[local]", "::1", "fe80::1%eth0", "10.0.0.5", ""],
+    "%L": ["[local]", "[none]", "::1", "192.168.1.2"],
+    "%a": ["", "[unknown]", "psql", "my app: v2 (prod)"],
+    "%u": ["", "[unknown]", "app", "Weird User"],
+    "%b": ["client backend", "autovacuum worker", "postmaster", "parallel worker"],
+    "%i": ["", "idle", "idle in transaction", "SELECT", "CREATE TABLE", "authentication"],
+    "%P": ["", "4242"],
+    "%v": ["", "3/17", "-1/0"],
+    "%x": ["0", "4294967295"],
+    "%Q": ["0", "-4812266451860814998", "7795398772459631263"],
+    "%c": ["6b0b15ac.320f"],
+    "%l": ["1", "123456"],
+    "%n": ["1795888556.431"],
+    "%s": ["2026-11-27 09:00:00 UTC", "2026-11-27 04:00:00 EST", "2026-11-27 12:00:00 +03",
+           "2026-11-27 12:30:00 +0530", "2026-11-27 10:00:00 CET"],
+    "%t": ["2026-11-27 10:00:00 UTC", "2026-11-27 05:00:00 EST", "2026-11-27 13:30:00 +0330",
+           "2026-11-27 10:00:00 GMT", "2026-11-27 07:00:00 -03"],
+    "%e": ["00000", "40P01", "XX000"],
+}
+
+
+@pytest.mark.parametrize("escape", sorted(VALUES))
+@pytest.mark.parametrize("pad", ["", "-20", "20"])
+def test_every_value_of_every_escape_matches(tmp_path: Path, escape: str, pad: str) -> None:
+    prefix = f"%m [%p] {escape[0]}{pad}{escape[1]}|%q%u@%d "
+    lines = []
+    for v in VALUES[escape]:
+        text = f"{v:<20}" if pad == "-20" else f"{v:>20}" if pad else v
+        lines.append(f"2026-11-27 10:00:00.100 UTC [11] {text}|app@db ERROR:  boom {v}\n")
+        lines.append(f"2026-11-27 10:00:00.100 UTC [11] {text}|LOG:  checkpoint {v}\n")
+    path = tmp_path / "p.log"
+    path.write_text("".join(lines))
+    got = scan(str(path), prefix=prefix)
+    assert got.counts.unmatched == 0 and got.records == len(lines), escape
+    assert [r["message"] for r in got.errors] == [f"boom {v}" for v in VALUES[escape]]
+
+
+def test_epoch_times_of_percent_n(tmp_path: Path) -> None:
+    path = tmp_path / "n.log"
+    path.write_text("1795888556.431 [1] ERROR:  division by zero\n")
+    got = logs.scan(logs.local_files(str(path)), "t", dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
+                    "%n [%p] ")
+    assert got.errors_by_sqlstate == {"22012": 1}
+    assert got.errors[0]["time"] == dt.datetime.fromtimestamp(1795888556.431, dt.UTC)
