@@ -271,6 +271,36 @@ def test_every_value_of_every_escape_matches(tmp_path: Path, escape: str, pad: s
     assert [r["message"] for r in got.errors] == [f"boom {v}" for v in VALUES[escape]]
 
 
+def test_times_in_a_named_zone_are_placed_through_log_timezone(tmp_path: Path) -> None:
+    """EST, EDT, CET are abbreviations: only the server's log_timezone says what they stand
+    for. The hour that repeats when clocks go back is told apart by them."""
+    lines = ("2026-11-01 01:30:00.000 EDT [1] a@b c 40P01 ERROR:  first\n"
+             "2026-11-01 01:30:00.000 EST [1] a@b c 40P01 ERROR:  second\n")
+    path = tmp_path / "ny.log"
+    path.write_text(lines)
+    window = dt.datetime(2026, 11, 1, 6, tzinfo=dt.UTC)  # 01:00 EST, after 01:30 EDT
+    files = logs.local_files(str(path))
+    got = logs.scan(files, "t", window, PREFIX, log_timezone="America/New_York")
+    assert [(r["message"], r["time"].hour) for r in got.errors] == [("second", 6)]
+    both = logs.scan(files, "t", None, PREFIX, log_timezone="America/New_York")
+    assert [r["time"].hour for r in both.errors] == [5, 6]
+    blind = logs.scan(files, "t", window, PREFIX)  # no zone known: not guessed, but said
+    assert any("zone EDT, EST were read as UTC" in p for p in logs.setup_problems(blind))
+    wrong = logs.scan(files, "t", window, PREFIX, log_timezone="Europe/Nowhere")
+    assert any("Europe/Nowhere" in p for p in logs.setup_problems(wrong))
+
+
+def test_whole_second_times_keep_the_window_s_first_second(tmp_path: Path) -> None:
+    """%t has no milliseconds: a record of the second the window starts (or ends) in counts."""
+    path = tmp_path / "t.log"
+    path.write_text("2026-11-27 10:00:00 UTC [1] ERROR:  division by zero\n"
+                    "2026-11-27 10:00:05 UTC [1] ERROR:  division by zero\n")
+    got = logs.scan(logs.local_files(str(path)), "t", dt.datetime(2026, 11, 27, 10, 0, 0, 400000,
+                                                                  tzinfo=dt.UTC), "%t [%p] ",
+                    until=dt.datetime(2026, 11, 27, 10, 0, 4, 900000, tzinfo=dt.UTC))
+    assert got.errors_by_sqlstate == {"22012": 1} and got.in_window == 1
+
+
 def test_epoch_times_of_percent_n(tmp_path: Path) -> None:
     path = tmp_path / "n.log"
     path.write_text("1795888556.431 [1] ERROR:  division by zero\n")

@@ -1,12 +1,13 @@
 """The log scan on logs the sandbox server really wrote with other settings than ours: every
-log_line_prefix escape, the prefixes of managed services (RDS), a shipper that collapses
-'LOG:  ' to 'LOG: '."""
+log_line_prefix escape, the prefixes of managed services (RDS), a log_timezone other than UTC,
+a shipper that collapses 'LOG:  ' to 'LOG: ', the runbooks' own statements and a window's end."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 import time
+import zoneinfo
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +16,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runbooks_lib import logs
+from runbooks_lib import logs, queries
 from runbooks_lib.sandbox import incidents
 from runbooks_lib.sandbox.server import Sandbox
+from runbooks_lib.session import Session
+from runbooks_lib.target import resolve
 
 from .conftest import retry
 
@@ -148,3 +151,62 @@ def test_one_space_after_the_severity(quiet: Sandbox, tmp_path: Path) -> None:
     assert got.durations.count == want.durations.count > 0
     (dl,) = [r for r in got.errors if r["sqlstate"] == "40P01"]
     assert dl["detail"] and dl["query"]
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "CET"])
+def test_log_timezone_other_than_utc(quiet: Sandbox, zone: str) -> None:
+    """Times in the log are in log_timezone (EST/EDT, CET/CEST): the window is the same instant
+    whatever the zone, so errors raised just before it are left out and those in it counted."""
+    with logging(quiet, log_timezone=zone, log_min_duration_statement="0") as files:
+        incidents.failing_statements(quiet.url("app"))  # before the window
+        time.sleep(1.1)
+        since = dt.datetime.now(dt.UTC)
+        raised = _errors(quiet)
+        _flushed(files["log"], _last_statement(quiet))
+        _flushed(files["csv"], "SELECT 'flushed'")
+        for ext in ("csv", "log", "json"):
+            got = logs.scan_source(None, str(files[ext]), since, "%m [%p] %q%u@%d %a %e ",
+                                   log_timezone=zone)
+            assert got.errors_by_sqlstate == raised, ext
+            assert not logs.setup_problems(got), ext
+            # without the zone, the abbreviation is not guessed: the scan says so
+            blind = logs.scan_source(None, str(files[ext]), since, "%m [%p] %q%u@%d %a %e ")
+            assert any("log_timezone" in p for p in logs.setup_problems(blind)), ext
+        with Session(resolve(quiet.url("postgres"))) as s:  # the zone from the session
+            assert s.facts.settings["log_timezone"] == zone
+            got = logs.scan_source(s, "auto", since)
+            assert got.errors_by_sqlstate == raised
+            # (the last minute's files are read too, the previous test's zone among them)
+            ours = dt.datetime.now(zoneinfo.ZoneInfo(zone)).tzname()
+            assert not any(f"{ours} were read as UTC" in p for p in logs.setup_problems(got))
+            got = logs.scan_source(s, str(files["log"]), since)
+            assert got.errors_by_sqlstate == raised
+
+
+def test_own_statements_and_the_window_end_are_not_counted(quiet: Sandbox) -> None:
+    """The latency runbook's share of slow statements is the application's, in the window: its
+    own diagnostic queries (queries.MARKER) and what runs after the window are left out."""
+    with logging(quiet, log_min_duration_statement="0") as files:
+        since = dt.datetime.now(dt.UTC)
+        with psycopg.connect(quiet.url("app")) as c:
+            for _ in range(3):
+                c.execute("SELECT pg_sleep(0.01)")
+            for _ in range(5):
+                ours = f"SELECT {queries.MARKER} count(*) FROM pg_stat_activity"  # noqa: S608 - a constant
+                c.execute(ours.encode())
+        time.sleep(1.1)  # whole seconds apart, for %t as well
+        until = dt.datetime.now(dt.UTC)
+        time.sleep(1.1)
+        _last_statement(quiet, "SELECT 'after the window'")
+        _flushed(files["log"], "after the window")
+        _flushed(files["csv"], "after the window")
+        for ext in ("log", "csv"):
+            whole = logs.scan_source(None, str(files[ext]), since, "%m [%p] %q%u@%d %a %e ")
+            assert whole.marked == 5, ext
+            assert not any(queries.MARKER in s for s in whole.durations.statements), ext
+            assert "SELECT ?" in whole.durations.statements, ext  # 'after the window'
+            got = logs.scan_source(None, str(files[ext]), since, "%m [%p] %q%u@%d %a %e ",
+                                   until=until)
+            assert "SELECT ?" not in got.durations.statements, ext
+            assert got.durations.statements["SELECT pg_sleep(?)"][0] == 3, ext
+            assert got.newest is not None and got.newest <= until, ext
