@@ -49,6 +49,27 @@ MTIME_SLACK = dt.timedelta(minutes=1)
 DURATION_HEAD = r"^duration: (?P<ms>[0-9.]+) ms(?: {1,2}(?P<kind>statement|execute|parse|bind))?"
 
 
+class LogUnreadable(SkipStep):
+    """The log could not be read at all, which is not the same as a log that holds no error:
+    REASON says why, FIX exactly what to do (unreadable_finding turns it into a warning)."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"the server log was not read: {reason}; {fix}")
+        self.reason = reason
+        self.fix = fix
+
+
+def unreadable_finding(exc: LogUnreadable) -> Finding:
+    """A log that was not read as a warning, never as a green 'no error logged'."""
+    return Finding("log_setup", "warning", f"The server log was not read: {exc.reason}"[:240],
+                   f"nothing was counted from the log; fix: {exc.fix}",
+                   evidence=[{"reason": exc.reason, "fix": exc.fix}], remediation=exc.fix)
+
+
+def _ident(name: str) -> str:
+    """NAME as an SQL identifier (quoted unless it is a plain lower-case one)."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime | None:
     """The `since` parameter: '' (none), '15m', '2h', '1d', or an ISO 8601 time (UTC if naive).
@@ -97,7 +118,10 @@ def local_files(pattern: str) -> list[LogFile]:
             out.append(LogFile(p, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
                                logparse.kind(p)))
     if not out:
-        raise SkipStep(f"no log file matches {pattern}")
+        raise LogUnreadable(f"no log file matches {pattern}",
+                            f"log_source {pattern!r} matched no file: pass the path or glob of the "
+                            "server's log files (log_directory, e.g. /var/lib/postgresql/data/log/"
+                            "*.csv)")
     best = next(k for k in ("csv", "json", "stderr") if any(f.fmt == k for f in out))
     return sorted((f for f in out if f.fmt == best), key=lambda f: (f.modified, f.name))
 
@@ -108,23 +132,29 @@ def server_files(session: Session) -> tuple[list[LogFile], str]:
     settings = session.facts.settings
     dest = settings.get("log_destination", "")
     if settings.get("logging_collector") != "on":
-        raise SkipStep("logging_collector is off: the server log is not in files PostgreSQL can "
-                       "list; pass log_source as a path or glob to the log files")
+        raise LogUnreadable("logging_collector is off: the server log is not in files PostgreSQL "
+                            "can list", "pass log_source as a path or glob to the log files, or "
+                            "set logging_collector = on (needs a restart)")
     fmt = next((f for f, d in (("csv", "csvlog"), ("json", "jsonlog"), ("stderr", "stderr"))
                 if d in dest), "")
     if not fmt:
-        raise SkipStep(f"log_destination is '{dest}': add csvlog (or jsonlog on 15+, or stderr) "
-                       "to read the log through SQL, or pass log_source as a path")
+        raise LogUnreadable(f"log_destination is '{dest}', no file the server can list",
+                            "ALTER SYSTEM SET log_destination = 'stderr,csvlog'; SELECT "
+                            "pg_reload_conf(); or pass log_source as a path to the log files")
     if not session.facts.has_role("pg_read_server_files"):
-        raise SkipStep(f"role {session.facts.current_user} cannot read server files: grant "
-                       "pg_read_server_files, or pass log_source as a path to the log files")
+        role = session.facts.current_user
+        raise LogUnreadable(f"role {role} cannot read server files (needs pg_read_server_files)",
+                            f"GRANT pg_read_server_files TO {_ident(role)}; or pass log_source "
+                            "as a path or glob to the log files")
     listed = session.frame(queries.get("log_files"))
     files = [LogFile(str(n), int(s), m.to_pydatetime(), fmt, server=True)
              for n, s, m in zip(listed["name"], listed["size"], listed["modification"],
                                 strict=True)
              if logparse.kind(str(n)) == fmt]
     if not files:
-        raise SkipStep(f"no {fmt} log file in the server's log directory")
+        raise LogUnreadable(f"no {fmt} log file in the server's log directory",
+                            f"check log_directory ({settings.get('log_directory', '?')}) and "
+                            f"log_filename, or pass log_source as a path to the log files")
     return sorted(files, key=lambda f: (f.modified, f.name)), settings.get("log_line_prefix", "")
 
 
@@ -186,6 +216,8 @@ class Scan:
     durations: Durations = field(default_factory=Durations)
     notes: list[str] = field(default_factory=list)
     inferred: int = 0  # SQLSTATEs read from the message (no %e in the prefix)
+    bytes_read: int = 0
+    head: bytes = b""  # the start of the first file read, to say what it is when nothing parsed
     marked: int = 0  # durations of our own diagnostic statements, not counted
 
     @property
@@ -260,6 +292,10 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
                              f"{str(exc)[:120]}); rotated away or removed while reading?")
             continue
         out.files.append(f.name)
+        begin = fh.tell()
+        if not out.head:
+            out.head = fh.read(4096)
+            fh.seek(begin)
         with fh, concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
             pending: collections.deque[concurrent.futures.Future[tuple[Scan, Any]]] = \
                 collections.deque()
@@ -270,6 +306,7 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
             while pending:
                 out.merge(*pending.popleft().result())
             end = fh.tell()
+        out.bytes_read += end - begin
         if not f.server and end + offset < f.size:
             out.notes.append(f"{f.name}: shrank while it was read ({end + offset} of {f.size} "
                              "bytes): rotated with log_truncate_on_rotation?")
@@ -482,7 +519,8 @@ def scan_source(session: Session | None, log_source: str, since: dt.datetime | N
                 until: dt.datetime | None = None, log_timezone: str | None = None) -> Scan:
     """Scan LOG_SOURCE: 'auto' (the server's log directory through SQL, the last MAX_BYTES) or
     a path / glob (whole files). PREFIX: the stderr log_line_prefix ('' = the server's).
-    LOG_TIMEZONE: the zone the log's times are in (None = the session's log_timezone)."""
+    LOG_TIMEZONE: the zone the log's times are in (None = the session's log_timezone).
+    LogUnreadable when nothing could be read, so that 'not read' is never 'no error'."""
     if log_timezone is None:
         log_timezone = session.facts.settings.get("log_timezone", "") if session else ""
     if log_source and log_source != "auto":
@@ -492,17 +530,26 @@ def scan_source(session: Session | None, log_source: str, since: dt.datetime | N
         source, limit, reader = log_source, None, None
     else:
         if session is None:
-            raise SkipStep("no connection to read the server log through; pass log_source")
+            raise LogUnreadable("no connection to read the server log through",
+                                "pass log_source as a path or glob to the log files")
         files, server_prefix = server_files(session)
         prefix = prefix or server_prefix
         source = f"server log directory ({files[-1].fmt}, through SQL, last " \
                  f"{max_bytes / 2**20:g} MB)"
         limit, reader = max_bytes, session
     if any(f.fmt == "stderr" for f in files) and not prefix:
-        raise SkipStep("stderr log files need the server's log_line_prefix: pass it as the "
-                       "log_line_prefix parameter (SHOW log_line_prefix on the server)")
-    return scan(files, source, since, prefix, slow_ms, reader, limit, errors, durations,
-                until=until, log_timezone=log_timezone)
+        raise LogUnreadable("stderr log files need the server's log_line_prefix",
+                            "pass it as the log_line_prefix parameter (SHOW log_line_prefix on "
+                            "the server)")
+    result = scan(files, source, since, prefix, slow_ms, reader, limit, errors, durations,
+                  until=until, log_timezone=log_timezone)
+    if not result.files and files:
+        raise LogUnreadable(result.notes[0] if result.notes else f"{source}: no file read",
+                            "check that the files exist and that this user may read them")
+    if not result.records and result.bytes_read:
+        raise LogUnreadable(*logparse.not_parsed(result.head, files[-1].fmt, prefix,
+                                                 ", ".join(result.files)))
+    return result
 
 
 def setup_problems(result: Scan) -> list[str]:

@@ -1,6 +1,7 @@
 """The log scan on logs the sandbox server really wrote with other settings than ours: every
 log_line_prefix escape, the prefixes of managed services (RDS), a log_timezone other than UTC,
-a shipper that collapses 'LOG:  ' to 'LOG: ', the runbooks' own statements and a window's end."""
+a shipper that collapses 'LOG:  ' to 'LOG: ', the runbooks' own statements and a window's end;
+and logs that cannot be read at all, which must never pass for logs without errors."""
 
 from __future__ import annotations
 
@@ -210,3 +211,49 @@ def test_own_statements_and_the_window_end_are_not_counted(quiet: Sandbox) -> No
             assert "SELECT ?" not in got.durations.statements, ext
             assert got.durations.statements["SELECT pg_sleep(?)"][0] == 3, ext
             assert got.newest is not None and got.newest <= until, ext
+
+
+# -- logs that cannot be read ------------------------------------------------------------------
+
+def test_a_binary_file_is_not_read_as_an_empty_log() -> None:
+    with pytest.raises(logs.LogUnreadable) as caught:
+        logs.scan_source(None, "/bin/ls", None, "%m [%p] ")
+    assert "not a PostgreSQL log" in caught.value.reason and "NUL" in caught.value.reason
+    finding = logs.unreadable_finding(caught.value)
+    assert (finding.check, finding.severity) == ("log_setup", "warning")
+    assert "not a PostgreSQL log" in finding.title and finding.remediation == caught.value.fix
+
+
+def test_text_that_is_no_log_is_not_read_as_an_empty_log(tmp_path: Path) -> None:
+    (tmp_path / "notes.log").write_text("just some text\nabout nothing\n")
+    (tmp_path / "data.csv").write_text("a,b,c\n1,2,3\n")
+    for name in ("notes.log", "data.csv"):
+        with pytest.raises(logs.LogUnreadable, match="not a PostgreSQL log"):
+            logs.scan_source(None, str(tmp_path / name), None, "%m [%p] ")
+    (tmp_path / "other.log").write_text("2026-11-27 10:00:00 UTC:1.2.3.4(5):a@b:[7]:LOG:  x\n")
+    with pytest.raises(logs.LogUnreadable) as caught:  # a log, but with another prefix
+        logs.scan_source(None, str(tmp_path / "other.log"), None, "%m [%p] ")
+    assert "another prefix" in caught.value.reason and "log_line_prefix" in caught.value.fix
+
+
+def test_a_path_matching_nothing_says_which(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "nowhere" / "*.csv")
+    with pytest.raises(logs.LogUnreadable) as caught:
+        logs.scan_source(None, pattern, None)
+    assert pattern in caught.value.reason and pattern in caught.value.fix
+    assert pattern in logs.unreadable_finding(caught.value).title
+
+
+def test_an_empty_log_is_read_and_has_no_errors(tmp_path: Path) -> None:
+    (tmp_path / "postgresql.csv").write_text("")
+    got = logs.scan_source(None, str(tmp_path / "postgresql.csv"), None)
+    assert got.records == 0 and got.errors_by_sqlstate == {}
+
+
+def test_auto_without_pg_read_server_files_says_what_to_grant(quiet: Sandbox) -> None:
+    with Session(resolve(quiet.url("monitor"))) as s, \
+            pytest.raises(logs.LogUnreadable) as caught:
+        logs.scan_source(s, "auto", None)
+    assert caught.value.fix.startswith("GRANT pg_read_server_files TO monitor;")
+    finding = logs.unreadable_finding(caught.value)
+    assert finding.severity == "warning" and "GRANT pg_read_server_files" in finding.remediation
