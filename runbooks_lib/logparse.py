@@ -457,14 +457,12 @@ def _fold_secondary(fields: dict[str, Any], message: Any, primary: Any,
     return out
 
 
-def not_parsed(head: bytes, fmt: str, prefix: str, where: str) -> tuple[str, str]:
-    """(why, fix) for input of which no record was read, from its first bytes HEAD: binary data,
-    stderr lines written with another prefix, or something that is no PostgreSQL log."""
+def not_parsed(head: bytes, fmt: str, where: str) -> tuple[str, str] | None:
+    """(why, fix) for input of which no record was read, from its first bytes HEAD: binary data
+    or something that is no PostgreSQL log. None for stderr lines that start with a time: a log
+    written with another prefix, which the scan's setup problems already say (a warning)."""
     if fmt == "stderr" and b"\0" not in head and RECORD_START.search(head):
-        return (f"no line of {where} matches log_line_prefix '{prefix}' (its lines start with a "
-                "time: a log written with another prefix)",
-                "pass the log_line_prefix the files were written with (SHOW log_line_prefix on "
-                "the server that wrote them)")
+        return None
     what = "binary data (NUL bytes)" if b"\0" in head else f"{head[:40]!r}..."
     return (f"not a PostgreSQL log: no line matched csvlog/jsonlog/stderr in {where} "
             f"(it starts with {what})",

@@ -547,8 +547,9 @@ def scan_source(session: Session | None, log_source: str, since: dt.datetime | N
         raise LogUnreadable(result.notes[0] if result.notes else f"{source}: no file read",
                             "check that the files exist and that this user may read them")
     if not result.records and result.bytes_read:
-        raise LogUnreadable(*logparse.not_parsed(result.head, files[-1].fmt, prefix,
-                                                 ", ".join(result.files)))
+        unparsed = logparse.not_parsed(result.head, files[-1].fmt, ", ".join(result.files))
+        if unparsed:
+            raise LogUnreadable(*unparsed)
     return result
 
 
