@@ -15,6 +15,7 @@ import functools
 import io
 import json
 import re
+import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -43,19 +44,26 @@ BLOCK = 2 * 2**20
 
 SEVERITIES = ("DEBUG1|DEBUG2|DEBUG3|DEBUG4|DEBUG5|INFO|NOTICE|WARNING|ERROR|LOG|FATAL|PANIC|"
               "DETAIL|HINT|QUERY|CONTEXT|LOCATION|STATEMENT")
-SEPARATOR = ":  "  # after the severity of every stderr line
+SEPARATOR = ":  "  # after the severity of every stderr line the server writes
+# ... which some log shippers collapse to ': ': both are read
+SEPARATOR_RE = ": {1,2}"
 SECONDARY = ("DETAIL", "HINT", "QUERY", "CONTEXT", "LOCATION", "STATEMENT")
 _TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
-_ZONE = r"(?: [A-Za-z0-9+\-:]+)?"
-# escape -> (column it fills or None, RE2 pattern)
+# pg_strftime's %Z: an abbreviation (UTC, EST, CEST), or a numeric one (+03, -0330, +0545)
+_ZONE = r"(?: [A-Za-z0-9+\-:]*)?"
+_ANY = r".*?"  # names and text: any characters, spaces included, or none
+# escape -> (column it fills or None, RE2 pattern for every value the server can write there).
+# Session-less processes (checkpointer, autovacuum) write nothing for %u %d %r %h %i %v, and
+# '[unknown]' or '[none]' or '[local]' where the docs say so; %Q and %v can be negative.
 ESCAPES: dict[str, tuple[str | None, str]] = {
-    "a": ("application", r".*?"), "u": ("user", r".*?"), "d": ("database", r".*?"),
-    "r": (None, r".*?"), "h": (None, r".*?"), "b": (None, r".*?"), "i": (None, r".*?"),
+    "a": ("application", _ANY), "u": ("user", _ANY), "d": ("database", _ANY),
+    "r": (None, _ANY), "h": (None, _ANY), "L": (None, _ANY), "b": (None, _ANY),
+    "i": (None, _ANY),
     "p": ("pid", r"\d+"), "P": (None, r"\d*"), "c": (None, r"[0-9a-f]+\.[0-9a-f]+"),
-    "l": (None, r"\d+"), "s": (None, _TIME + _ZONE), "v": (None, r"[0-9/]*"),
+    "l": (None, r"\d+"), "s": (None, _TIME + _ZONE), "v": (None, r"(?:-?\d+/\d+)?"),
     "x": (None, r"\d+"), "e": ("sqlstate", r"[0-9A-Z]{5}"), "Q": (None, r"-?\d+"),
     "t": ("log_time", _TIME + _ZONE), "m": ("log_time", _TIME + r"\.\d+" + _ZONE),
-    "n": (None, r"\d+\.\d+"),
+    "n": ("log_time", r"\d+\.\d+"),
 }
 NEEDED = (("log_time", "%m (time with milliseconds; %t also works)"), ("pid", "%p (process ID)"),
           ("sqlstate", "%e (SQLSTATE)"), ("user", "%u (user)"), ("database", "%d (database)"),
@@ -86,8 +94,14 @@ def prefix_missing(prefix: str) -> list[str]:
 
 def prefix_regex(prefix: str) -> str:
     """An RE2 pattern for one stderr line written with PREFIX: named groups for the columns,
-    then the severity and the message. %q ends the prefix for non-session processes, so what
-    follows it is optional. Padding (%-10u) is allowed around every field."""
+    then the severity, ': ' or ':  ' and the message."""
+    return prefix_head(prefix) + SEPARATOR_RE + r"(?P<message>[^\n]*)\n?$"
+
+
+def prefix_head(prefix: str) -> str:
+    """The pattern of a line's start up to its severity. %q ends the prefix for non-session
+    processes, so what follows it is optional. Padding (%-10u, %10p) is allowed around every
+    field."""
     out, named, optional = ["^"], set(), False
     i = 0
     while i < len(prefix):
@@ -117,7 +131,7 @@ def prefix_regex(prefix: str) -> str:
             out.append(".*?")  # an escape we do not know: anything
     if optional:
         out.append(")?")
-    out.append(f"(?P<severity>{SEVERITIES}):  (?P<message>[^\\n]*)\\n?$")
+    out.append(f"(?P<severity>{SEVERITIES})")
     return "".join(out)
 
 
@@ -169,9 +183,10 @@ def tasks(fh: IO[bytes], fmt: str, counts: Counts, prefix: str = "") -> Iterator
             yield functools.partial(_json_block, block)
     else:
         pattern = prefix_regex(prefix)
-        split = SEPARATOR not in re.sub(r"%(-?\d+)?.", "\0", prefix)
+        head = prefix_head(prefix) + "$" if SEPARATOR not in re.sub(r"%(-?\d+)?.", "\0",
+                                                                      prefix) else ""
         for data in _stderr_blocks(fh, re.compile(pattern, re.M)):
-            yield functools.partial(_stderr_block, data, pattern, split)
+            yield functools.partial(_stderr_block, data, pattern, head)
 
 
 def _blocks(fh: IO[bytes], size: int = 0) -> Iterator[tuple[bytes, bool]]:
@@ -311,47 +326,76 @@ def _lines(data: bytes) -> pa.Array:
         return _lines(data.decode("utf-8", errors="replace").encode())
 
 
-def _stderr_block(data: bytes, pattern: str, split: bool) -> tuple[pa.RecordBatch | None, Counts]:
+def _stderr_block(data: bytes, pattern: str, head: str) -> tuple[pa.RecordBatch | None, Counts]:
     """stderr lines: the prefix regex over the block's lines at once; tab-indented lines
     continue the previous line's message; DETAIL/HINT/CONTEXT/STATEMENT lines are folded into
-    the record they belong to (the previous one of the same process). SPLIT: the prefix's own
-    text has no ':  ', so the first one in a line ends its severity."""
+    the record they belong to (the previous one of the same process). HEAD (when the prefix's
+    own text has no ':  '): the pattern of what precedes the first ':  ' of a line."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     found = Counts()
     lines = _lines(data)
-    if split:  # the prefix regex on the part before the first ':  ' only: twice as fast
+    if head:  # the prefix regex on the part before the first ':  ' only: twice as fast
         has = pc.match_substring(lines, SEPARATOR)
         parts = pc.split_pattern(pc.if_else(has, lines, SEPARATOR), SEPARATOR, max_splits=1)
-        parsed = pc.extract_regex(pc.list_element(parts, 0),
-                                  pattern[:pattern.index(SEPARATOR + "(?P<message>")] + "$")
+        parsed = pc.extract_regex(pc.list_element(parts, 0), head)
         message = pc.utf8_rtrim(pc.list_element(parts, 1), "\n")
-        matched = np.asarray(pc.and_(parsed.is_valid(), has))
+        matched = np.array(pc.and_(parsed.is_valid(), has), dtype=bool)
     else:
         parsed = pc.extract_regex(lines, pattern)
         message = parsed.field("message")
-        matched = np.asarray(parsed.is_valid())
-    severity = parsed.field("severity")
-    secondary = np.asarray(pc.fill_null(pc.is_in(severity, pa.array(SECONDARY)), False))
-    primary = matched & ~secondary
+        matched = np.array(parsed.is_valid(), dtype=bool)
+    names = [f.name for f in parsed.type if f.name != "message"]
+    fields = {n: parsed.field(n) for n in names}
     cont = np.asarray(pc.fill_null(pc.starts_with(lines, "\t"), False))
     blank = np.asarray(pc.less_equal(pc.binary_length(lines), 1))
-    found.unmatched = int((~matched & ~cont & ~blank).sum())
+    loose = ~matched & ~cont & ~blank
+    if head and loose.any():  # 'LOG: ' (a shipper collapsed the two spaces): the whole regex
+        fields, message = _reparse(lines, pattern, loose, matched, fields, message)
+        loose &= ~matched
+    severity = fields["severity"]
+    secondary = np.asarray(pc.fill_null(pc.is_in(severity, pa.array(SECONDARY)), False))
+    primary = matched & ~secondary
+    found.unmatched = int(loose.sum())
     found.records = int(primary.sum())
     if not primary.any():
         return None, found
     if cont.any():
         message = _join_continuations(lines, message, matched, cont)
-    names = [f.name for f in parsed.type]
-    cols: dict[str, Any] = {c: parsed.field(c) for c in names if c in COLUMNS}
+    cols: dict[str, Any] = {c: v for c, v in fields.items() if c in COLUMNS}
     cols["message"] = message
     if secondary.any():
-        cols.update(_fold_secondary(parsed, message, primary, secondary, names))
+        cols.update(_fold_secondary(fields, message, primary, secondary))
     keep = pa.array(primary)
     return _finish({c: (v.filter(keep) if v is not None else None) for c, v in cols.items()},
                    found.records), found
+
+
+def _reparse(lines: Any, pattern: str, loose: Any, matched: Any, fields: dict[str, Any],
+             message: Any) -> tuple[dict[str, Any], Any]:
+    """The lines the fast path left (LOOSE) through the whole line's regex: the fields and
+    messages of those it matches replace the nulls, and MATCHED is updated in place."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    idx = np.flatnonzero(loose)
+    again = pc.extract_regex(lines.take(pa.array(idx)), pattern)
+    ok = np.asarray(again.is_valid())
+    if not ok.any():
+        return fields, message
+    rows = idx[ok]
+    mask = np.zeros(len(matched), dtype=bool)
+    mask[rows] = True
+    keep, where = pa.array(ok), pa.array(mask)
+    out = {n: pc.replace_with_mask(v, where, again.field(n).filter(keep).cast(v.type))
+           for n, v in fields.items()}
+    matched[rows] = True
+    return out, pc.replace_with_mask(message, where,
+                                     pc.utf8_rtrim(again.field("message").filter(keep),
+                                                   "\n").cast(message.type))
 
 
 def _join_continuations(lines: Any, message: Any, matched: Any, cont: Any) -> Any:
@@ -381,8 +425,8 @@ def _join_continuations(lines: Any, message: Any, matched: Any, cont: Any) -> An
     return pc.replace_with_mask(message, pa.array(mask), pa.array(joined, message.type))
 
 
-def _fold_secondary(parsed: Any, message: Any, primary: Any, secondary: Any,
-                    names: list[str]) -> dict[str, Any]:
+def _fold_secondary(fields: dict[str, Any], message: Any, primary: Any,
+                    secondary: Any) -> dict[str, Any]:
     """DETAIL/HINT/CONTEXT/STATEMENT lines as columns of their record: the previous primary
     line, of the same process when the prefix has %p."""
     import numpy as np
@@ -391,9 +435,9 @@ def _fold_secondary(parsed: Any, message: Any, primary: Any, secondary: Any,
     idx = np.arange(len(primary))
     owner = np.maximum.accumulate(np.where(primary, idx, -1))
     rows = np.flatnonzero(secondary)
-    sev = parsed.field("severity").take(pa.array(rows)).to_pylist()
+    sev = fields["severity"].take(pa.array(rows)).to_pylist()
     text = message.take(pa.array(rows)).to_pylist()
-    pids = parsed.field("pid").to_pylist() if "pid" in names else None
+    pids = fields["pid"].to_pylist() if "pid" in fields else None
     target = {"DETAIL": "detail", "HINT": "hint", "CONTEXT": "context", "STATEMENT": "query",
               "QUERY": "query"}
     values: dict[str, dict[int, str]] = {c: {} for c in set(target.values())}
@@ -413,46 +457,136 @@ def _fold_secondary(parsed: Any, message: Any, primary: Any, secondary: Any,
     return out
 
 
-def zone_offset(zone: str) -> int:
-    """Minutes east of UTC of a log_time zone: UTC, GMT, +03, -0330, -03:30. Other zone names
-    count as UTC (the sandbox and most servers log in UTC).
+def not_parsed(head: bytes, fmt: str, where: str) -> tuple[str, str] | None:
+    """(why, fix) for input of which no record was read, from its first bytes HEAD: binary data
+    or something that is no PostgreSQL log. None for stderr lines that start with a time: a log
+    written with another prefix, which the scan's setup problems already say (a warning)."""
+    if fmt == "stderr" and b"\0" not in head and RECORD_START.search(head):
+        return None
+    what = "binary data (NUL bytes)" if b"\0" in head else f"{head[:40]!r}..."
+    return (f"not a PostgreSQL log: no line matched csvlog/jsonlog/stderr in {where} "
+            f"(it starts with {what})",
+            "point log_source at the server's log files (its log_directory: *.csv, *.json or "
+            "*.log)")
 
-    >>> zone_offset("-03:30"), zone_offset("UTC"), zone_offset("+05")
-    (-210, 0, 300)
+
+UTC_NAMES = ("UTC", "GMT", "UCT", "Z")
+
+
+def zone_offset(zone: str) -> int | None:
+    """Minutes east of UTC of a numeric zone (+03, -0330, -03:30) or a UTC name; None for any
+    other name (an abbreviation such as EST means nothing without the zone it belongs to).
+
+    >>> zone_offset("-03:30"), zone_offset("UTC"), zone_offset("+05"), zone_offset("EST")
+    (-210, 0, 300, None)
     """
+    if zone in UTC_NAMES:
+        return 0
     m = re.fullmatch(r"([+-])(\d{2}):?(\d{2})?", zone)
     if not m:
-        return 0
+        return None
     return (int(m.group(2)) * 60 + int(m.group(3) or 0)) * (1 if m.group(1) == "+" else -1)
 
 
-def to_utc(log_time: pa.Array) -> pa.Array:
-    """'2026-11-27 23:35:17.123 UTC' (or +03, -0330) strings as UTC timestamps, vectorized."""
+class LogZone:
+    """The server's log_timezone, through which the abbreviation after a log time (EST, CET,
+    CEST: what %t, %m, csvlog and jsonlog write) is placed in UTC. Within one zone an
+    abbreviation stands for one offset, so the ambiguous hour when clocks go back is told apart
+    by it. An abbreviation the zone does not use (or with no zone known) is read as UTC and
+    kept in `unresolved`, so that the scan can say its window may be off."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.tz: zoneinfo.ZoneInfo | None = None
+        self.error = ""
+        if name:
+            try:
+                self.tz = zoneinfo.ZoneInfo(name)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+                self.error = f"log_timezone '{name}' is not a known zone ({exc.__class__.__name__})"
+        self.unresolved: set[str] = set()
+        self._offsets: dict[str, int] = {}
+
+    def offset(self, abbrev: str, near: dt.datetime) -> int:
+        """Minutes east of UTC of the times written with ABBREV around NEAR (naive, local)."""
+        if abbrev in self._offsets:
+            return self._offsets[abbrev]
+        minutes = zone_offset(abbrev)
+        if self.tz is not None and (minutes is None or abbrev in UTC_NAMES):
+            for fold in (0, 1):
+                local = near.replace(tzinfo=self.tz, fold=fold)
+                if abbrev in (local.tzname(), ""):
+                    minutes = int((local.utcoffset() or dt.timedelta()).total_seconds() // 60)
+                    break
+        if minutes is None:
+            self.unresolved.add(abbrev)
+            return 0
+        self._offsets[abbrev] = minutes
+        return minutes
+
+
+def _naive(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text[:19])
+
+
+def to_utc(log_time: pa.Array, zone: LogZone | None = None) -> pa.Array:
+    """'2026-11-27 23:35:17.123 EST' (or UTC, +03, -0330; or %n's epoch '1764286517.123')
+    strings as UTC timestamps, vectorized: one offset per distinct zone."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    zone = zone or LogZone()
     parts = pc.extract_regex(log_time, r"^(?P<t>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)"
                                        r" ?(?P<z>[^ ]*)")
-    t = pc.cast(parts.field("t"), pa.timestamp("us"))
-    for zone in (z for z in pc.unique(parts.field("z")).to_pylist() if z):
-        if minutes := zone_offset(zone):
+    t = pc.cast(pc.struct_field(parts, "t"), pa.timestamp("us"))  # (null where no match)
+    names = pc.struct_field(parts, "z")
+    for abbrev in (z for z in pc.unique(names).to_pylist() if z is not None):
+        at = pc.index(names, abbrev).as_py()
+        near = t[at].as_py()
+        if minutes := zone.offset(abbrev, near):
             shifted = pc.subtract(t, pa.scalar(minutes * 60_000_000, pa.duration("us")))
-            t = pc.if_else(pc.equal(parts.field("z"), zone), shifted, t)
+            t = pc.if_else(pc.equal(names, abbrev), shifted, t)
+    if parts.null_count > log_time.null_count:  # %n: seconds since the epoch
+        epoch = pc.match_substring_regex(log_time, r"^\d+(?:\.\d+)?$")
+        seconds = pc.cast(pc.if_else(epoch, log_time, None), pa.float64())
+        micros = pc.cast(pc.round(pc.multiply(seconds, 1e6)), pa.int64())
+        t = pc.if_else(epoch, pc.cast(micros, pa.timestamp("us")), t)
     return t.cast(pa.timestamp("us", tz="UTC"))
 
 
-def at_or_after(log_time: pa.Array, since: dt.datetime) -> pa.Array:
-    """Which records were logged at or after SINCE (to the millisecond). Compared as strings when
-    the block has one zone (nearly always: a file is written in log_timezone), which is ten
-    times cheaper than parsing every time."""
+def at_or_after(log_time: pa.Array, since: dt.datetime, zone: LogZone | None = None) -> pa.Array:
+    """Which records were logged at or after SINCE (to the millisecond; to the second for %t,
+    whose times are truncated)."""
+    return _compare(log_time, since, zone, after=True)
+
+
+def at_or_before(log_time: pa.Array, until: dt.datetime, zone: LogZone | None = None) -> pa.Array:
+    """Which records were logged at or before UNTIL (to the millisecond, or second for %t)."""
+    return _compare(log_time, until, zone, after=False)
+
+
+def _compare(log_time: pa.Array, when: dt.datetime, zone: LogZone | None,
+             after: bool) -> pa.Array:
+    """Compared as strings when the block has one zone (nearly always: a file is written in
+    log_timezone), which is ten times cheaper than parsing every time."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    zone = zone or LogZone()
     first = next((v for v in log_time[:1].to_pylist() if v), "")
-    zone = first.rsplit(" ", 1)[1] if first.count(" ") >= 2 else ""
-    if zone and pc.all(pc.ends_with(log_time, " " + zone)).as_py():
-        local = since.astimezone(dt.UTC) + dt.timedelta(minutes=zone_offset(zone))
-        mask = pc.greater_equal(log_time, local.strftime("%Y-%m-%d %H:%M:%S.%f")[:23])
+    precise = first[19:20] == "." or (" " not in first and "." in first)
+    step = dt.timedelta(milliseconds=1) if precise else dt.timedelta(seconds=1)
+    utc = when.astimezone(dt.UTC).replace(tzinfo=None)
+    utc -= (utc - dt.datetime.min) % step  # the time as the log would write it
+    if not after:
+        utc += step  # before the next millisecond (second)
+    abbrev = first.rsplit(" ", 1)[1] if first.count(" ") >= 2 else ""
+    if abbrev and pc.all(pc.ends_with(log_time, " " + abbrev)).as_py():
+        local = utc + dt.timedelta(minutes=zone.offset(abbrev, _naive(first)))
+        text = local.strftime("%Y-%m-%d %H:%M:%S.%f")[:23] if precise else \
+            local.strftime("%Y-%m-%d %H:%M:%S")
+        mask = (pc.greater_equal if after else pc.less)(log_time, text)
     else:
-        mask = pc.greater_equal(to_utc(log_time), pa.scalar(since, pa.timestamp("us", tz="UTC")))
+        bound = pa.scalar(utc.replace(tzinfo=dt.UTC), pa.timestamp("us", tz="UTC"))
+        mask = (pc.greater_equal if after else pc.less)(to_utc(log_time, zone), bound)
     return pc.fill_null(mask, False)

@@ -46,7 +46,29 @@ BUCKETS = 28_000
 # pg_ls_logdir() and some file systems give whole seconds: a file is skipped as older than the
 # window only when it was last written this long before the window's start
 MTIME_SLACK = dt.timedelta(minutes=1)
-DURATION_HEAD = r"^duration: (?P<ms>[0-9.]+) ms(?:  (?P<kind>statement|execute|parse|bind))?"
+DURATION_HEAD = r"^duration: (?P<ms>[0-9.]+) ms(?: {1,2}(?P<kind>statement|execute|parse|bind))?"
+
+
+class LogUnreadable(SkipStep):
+    """The log could not be read at all, which is not the same as a log that holds no error:
+    REASON says why, FIX exactly what to do (unreadable_finding turns it into a warning)."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"the server log was not read: {reason}; {fix}")
+        self.reason = reason
+        self.fix = fix
+
+
+def unreadable_finding(exc: LogUnreadable) -> Finding:
+    """A log that was not read as a warning, never as a green 'no error logged'."""
+    return Finding("log_setup", "warning", f"The server log was not read: {exc.reason}"[:240],
+                   f"nothing was counted from the log; fix: {exc.fix}",
+                   evidence=[{"reason": exc.reason, "fix": exc.fix}], remediation=exc.fix)
+
+
+def _ident(name: str) -> str:
+    """NAME as an SQL identifier (quoted unless it is a plain lower-case one)."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime | None:
@@ -96,7 +118,10 @@ def local_files(pattern: str) -> list[LogFile]:
             out.append(LogFile(p, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
                                logparse.kind(p)))
     if not out:
-        raise SkipStep(f"no log file matches {pattern}")
+        raise LogUnreadable(f"no log file matches {pattern}",
+                            f"log_source {pattern!r} matched no file: pass the path or glob of the "
+                            "server's log files (log_directory, e.g. /var/lib/postgresql/data/log/"
+                            "*.csv)")
     best = next(k for k in ("csv", "json", "stderr") if any(f.fmt == k for f in out))
     return sorted((f for f in out if f.fmt == best), key=lambda f: (f.modified, f.name))
 
@@ -107,23 +132,29 @@ def server_files(session: Session) -> tuple[list[LogFile], str]:
     settings = session.facts.settings
     dest = settings.get("log_destination", "")
     if settings.get("logging_collector") != "on":
-        raise SkipStep("logging_collector is off: the server log is not in files PostgreSQL can "
-                       "list; pass log_source as a path or glob to the log files")
+        raise LogUnreadable("logging_collector is off: the server log is not in files PostgreSQL "
+                            "can list", "pass log_source as a path or glob to the log files, or "
+                            "set logging_collector = on (needs a restart)")
     fmt = next((f for f, d in (("csv", "csvlog"), ("json", "jsonlog"), ("stderr", "stderr"))
                 if d in dest), "")
     if not fmt:
-        raise SkipStep(f"log_destination is '{dest}': add csvlog (or jsonlog on 15+, or stderr) "
-                       "to read the log through SQL, or pass log_source as a path")
+        raise LogUnreadable(f"log_destination is '{dest}', no file the server can list",
+                            "ALTER SYSTEM SET log_destination = 'stderr,csvlog'; SELECT "
+                            "pg_reload_conf(); or pass log_source as a path to the log files")
     if not session.facts.has_role("pg_read_server_files"):
-        raise SkipStep(f"role {session.facts.current_user} cannot read server files: grant "
-                       "pg_read_server_files, or pass log_source as a path to the log files")
+        role = session.facts.current_user
+        raise LogUnreadable(f"role {role} cannot read server files (needs pg_read_server_files)",
+                            f"GRANT pg_read_server_files TO {_ident(role)}; or pass log_source "
+                            "as a path or glob to the log files")
     listed = session.frame(queries.get("log_files"))
     files = [LogFile(str(n), int(s), m.to_pydatetime(), fmt, server=True)
              for n, s, m in zip(listed["name"], listed["size"], listed["modification"],
                                 strict=True)
              if logparse.kind(str(n)) == fmt]
     if not files:
-        raise SkipStep(f"no {fmt} log file in the server's log directory")
+        raise LogUnreadable(f"no {fmt} log file in the server's log directory",
+                            f"check log_directory ({settings.get('log_directory', '?')}) and "
+                            f"log_filename, or pass log_source as a path to the log files")
     return sorted(files, key=lambda f: (f.modified, f.name)), settings.get("log_line_prefix", "")
 
 
@@ -171,6 +202,8 @@ class Scan:
     source: str
     since: dt.datetime | None = None
     prefix: str = ""  # the log_line_prefix stderr files were read with
+    until: dt.datetime | None = None
+    log_timezone: str = ""  # the zone the log's times are in ('' = unknown)
     files: list[str] = field(default_factory=list)
     counts: logparse.Counts = field(default_factory=logparse.Counts)
     in_window: int = 0
@@ -183,6 +216,9 @@ class Scan:
     durations: Durations = field(default_factory=Durations)
     notes: list[str] = field(default_factory=list)
     inferred: int = 0  # SQLSTATEs read from the message (no %e in the prefix)
+    bytes_read: int = 0
+    head: bytes = b""  # the start of the first file read, to say what it is when nothing parsed
+    marked: int = 0  # durations of our own diagnostic statements, not counted
 
     @property
     def malformed(self) -> int:
@@ -217,6 +253,7 @@ class Scan:
             self.keep(list(rows))
         self.durations.merge(part.durations)
         self.inferred += part.inferred
+        self.marked += part.marked
 
     @property
     def records(self) -> int:
@@ -225,11 +262,16 @@ class Scan:
 
 def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, prefix: str = "",
          slow_ms: float = math.inf, session: Session | None = None,
-         max_bytes: int | None = None, errors: bool = True, durations: bool = True) -> Scan:
+         max_bytes: int | None = None, errors: bool = True, durations: bool = True, *,
+         until: dt.datetime | None = None, log_timezone: str = "") -> Scan:
     """One streaming pass over FILES (oldest first): errors by SQLSTATE and durations of the
-    records at or after SINCE. With MAX_BYTES, only the last that many bytes of the newest
-    files. A file that vanishes or shrinks while it is read (rotation) is noted, not fatal."""
-    out = Scan(source=source, since=since, prefix=prefix)
+    records at or after SINCE and at or before UNTIL, their times read in LOG_TIMEZONE (the
+    server's; '' = unknown: abbreviations other than UTC's are then noted as unresolved). With
+    MAX_BYTES, only the last that many bytes of the newest files. A file that vanishes or
+    shrinks while it is read (rotation) is noted, not fatal."""
+    out = Scan(source=source, since=since, prefix=prefix, until=until, log_timezone=log_timezone)
+    zone = logparse.LogZone(log_timezone)
+    window = Window(since, until, zone)
     budget = max_bytes if max_bytes is not None else math.inf
     chosen: list[tuple[LogFile, int]] = []
     for f in reversed(files):
@@ -250,29 +292,53 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
                              f"{str(exc)[:120]}); rotated away or removed while reading?")
             continue
         out.files.append(f.name)
+        begin = fh.tell()
+        if not out.head:
+            out.head = fh.read(4096)
+            fh.seek(begin)
         with fh, concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
             pending: collections.deque[concurrent.futures.Future[tuple[Scan, Any]]] = \
                 collections.deque()
             for task in logparse.tasks(fh, f.fmt, out.counts, prefix):
-                pending.append(pool.submit(_work, task, since, slow_ms, errors, durations))
+                pending.append(pool.submit(_work, task, window, slow_ms, errors, durations))
                 while len(pending) > 2:  # a bounded window keeps memory flat
                     out.merge(*pending.popleft().result())
             while pending:
                 out.merge(*pending.popleft().result())
             end = fh.tell()
+        out.bytes_read += end - begin
         if not f.server and end + offset < f.size:
             out.notes.append(f"{f.name}: shrank while it was read ({end + offset} of {f.size} "
                              "bytes): rotated with log_truncate_on_rotation?")
+    if zone.error:
+        out.notes.append(f"{zone.error}: times read as UTC unless they say their offset; pass "
+                         "the server's log_timezone (SHOW log_timezone)")
+    elif zone.unresolved:
+        names = ", ".join(sorted(zone.unresolved))
+        out.notes.append(
+            f"log times in zone {names} were read as UTC, so the window may be off: "
+            + (f"log_timezone '{log_timezone}' does not use {names}; pass the zone the files "
+               "were written in as log_timezone" if log_timezone else
+               "pass the server's log_timezone (SHOW log_timezone) as log_timezone"))
     return out
 
 
-def _work(task: logparse.Task, since: dt.datetime | None, slow_ms: float, errors: bool,
+@dataclass(frozen=True)
+class Window:
+    """The records counted: logged at or after SINCE and at or before UNTIL, read in ZONE."""
+
+    since: dt.datetime | None
+    until: dt.datetime | None
+    zone: logparse.LogZone
+
+
+def _work(task: logparse.Task, window: Window, slow_ms: float, errors: bool,
           durations: bool) -> tuple[Scan, logparse.Counts]:
     """One piece of a file, parsed and analysed on a worker thread (pyarrow releases the GIL)."""
     part = Scan(source="")
     batch, counts = task()
     if batch is not None:
-        _take(part, batch, since, slow_ms, errors, durations)
+        _take(part, batch, window, slow_ms, errors, durations)
     return part, counts
 
 
@@ -309,19 +375,27 @@ def _read_server_file(session: Session, f: LogFile, offset: int,
     return b"".join(parts)
 
 
-def _take(out: Scan, batch: pa.RecordBatch, since: dt.datetime | None, slow_ms: float, errors: bool,
+def _take(out: Scan, batch: pa.RecordBatch, window: Window, slow_ms: float, errors: bool,
           durations: bool) -> None:
     """One batch into OUT, a fresh part (merged into the total by Scan.merge)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    zone = window.zone
     # within a file, the earliest and latest strings are the earliest and latest times
     bounds = pc.min_max(batch.column("log_time"))
     first, last = logparse.to_utc(pa.array([bounds["min"].as_py(), bounds["max"].as_py()],
-                                           pa.string())).to_pylist()
+                                           pa.string()), zone).to_pylist()
     out.oldest = first
-    if since is not None:
-        batch = batch.filter(logparse.at_or_after(batch.column("log_time"), since))
+    if window.since is not None:
+        batch = batch.filter(logparse.at_or_after(batch.column("log_time"), window.since, zone))
+    if window.until is not None and batch.num_rows:
+        before = logparse.at_or_before(batch.column("log_time"), window.until, zone)
+        if not pc.all(before).as_py():
+            batch = batch.filter(before)
+            if batch.num_rows:
+                last = logparse.to_utc(pa.array([pc.max(batch.column("log_time")).as_py()],
+                                                pa.string()), zone)[0].as_py()
     if not batch.num_rows:
         return
     out.in_window = batch.num_rows
@@ -340,10 +414,10 @@ def _take(out: Scan, batch: pa.RecordBatch, since: dt.datetime | None, slow_ms: 
                 code = item["values"] or "(none)"
                 into[code] = into.get(code, 0) + int(item["counts"])
             if levels == ERROR_LEVELS:
-                rows = hit.append_column("time", logparse.to_utc(hit.column("log_time")))
+                rows = hit.append_column("time", logparse.to_utc(hit.column("log_time"), zone))
                 out.keep(rows.to_pylist())
     if durations:
-        _durations(out.durations, batch, slow_ms)
+        out.marked += _durations(out.durations, batch, slow_ms, zone)
 
 
 def _infer_sqlstate(out: Scan, hit: pa.RecordBatch) -> pa.RecordBatch:
@@ -370,15 +444,18 @@ def normalized(sql: pa.Array) -> pa.Array:
     return pc.utf8_slice_codeunits(sql, 0, 500)
 
 
-def _durations(d: Durations, batch: pa.RecordBatch, slow_ms: float) -> None:
-    """The durations of one batch into D, a fresh part (merged into the total by Scan.merge)."""
+def _durations(d: Durations, batch: pa.RecordBatch, slow_ms: float,
+               zone: logparse.LogZone | None = None) -> int:
+    """The durations of one batch into D, a fresh part (merged into the total by Scan.merge).
+    Our own diagnostic statements (queries.MARKER) are left out, so the share and the p95 are
+    the application's: returns how many were."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     is_dur = pc.fill_null(pc.starts_with(batch.column("message"), "duration: "), False)
     if not pc.any(is_dur).as_py():
-        return
+        return 0
     where = pc.indices_nonzero(is_dur)
     message = batch.column("message").take(where)
     # the number and kind sit in the first few characters: regex those only
@@ -388,21 +465,29 @@ def _durations(d: Durations, batch: pa.RecordBatch, slow_ms: float) -> None:
                                                       pa.array(["parse", "bind"]))), True),
                       head.is_valid())
     where, message, head = where.filter(counted), message.filter(counted), head.filter(counted)
-    n = len(where)
-    if not n:
-        return
-    ms = pc.cast(head.field("ms"), pa.float64())
-    values = np.asarray(ms)
-    d.count += n
-    d.over += int((values > slow_ms).sum())
-    b = np.ceil(np.log(np.maximum(values, 1e-3) / 1e-3) / math.log(GROWTH)).astype(np.int64)
-    d.histogram = np.bincount(np.clip(b, 0, BUCKETS - 1), minlength=BUCKETS)
+    if not len(where):
+        return 0
     # 'duration: 1.2 ms  statement: SQL' (or execute <name>: SQL): SQL is after the 2nd ': ';
     # 'duration: 1.2 ms' alone (log_duration): the statement is the record's query, if any
     has_sql = pc.not_equal(head.field("kind"), "")
     parts = pc.split_pattern(pc.if_else(has_sql, message, ": : "), ": ", max_splits=2)
     sql = pc.if_else(has_sql, pc.list_element(parts, 2),
                      pc.fill_null(batch.column("query").take(where), ""))
+    ours = pc.match_substring(sql, queries.MARKER)
+    marked = pc.sum(ours).as_py() or 0
+    if marked:
+        theirs = pc.invert(ours)
+        where, message, head, sql = (where.filter(theirs), message.filter(theirs),
+                                     head.filter(theirs), sql.filter(theirs))
+    n = len(where)
+    if not n:
+        return int(marked)
+    ms = pc.cast(head.field("ms"), pa.float64())
+    values = np.asarray(ms)
+    d.count += n
+    d.over += int((values > slow_ms).sum())
+    b = np.ceil(np.log(np.maximum(values, 1e-3) / 1e-3) / math.log(GROWTH)).astype(np.int64)
+    d.histogram = np.bincount(np.clip(b, 0, BUCKETS - 1), minlength=BUCKETS)
     stmt = normalized(sql)
     table = pa.table({"statement": stmt, "ms": ms})
     d.statements = {r["statement"]: [r["ms_count"], r["ms_sum"], r["ms_max"]]
@@ -410,12 +495,13 @@ def _durations(d: Durations, batch: pa.RecordBatch, slow_ms: float) -> None:
                         [("ms", "count"), ("ms", "sum"), ("ms", "max")]).to_pylist()}
     top = pc.select_k_unstable(ms, k=min(10, n), sort_keys=[("ms", "descending")])
     best = batch.take(where.take(top)).append_column("statement", stmt.take(top))
-    best = best.append_column("time", logparse.to_utc(best.column("log_time")))
+    best = best.append_column("time", logparse.to_utc(best.column("log_time"), zone))
     for r in best.to_pylist():
         d.slowest.append({"log_time": r["time"], "duration_ms": float(r["message"].split()[1]),
                           "user": r["user"], "database": r["database"],
                           "application": r["application"], "statement": r["statement"]})
     d.slowest = sorted(d.slowest, key=lambda r: -r["duration_ms"])[:10]
+    return int(marked)
 
 
 def statements(d: Durations) -> Iterator[dict[str, Any]]:
@@ -429,9 +515,14 @@ def statements(d: Durations) -> Iterator[dict[str, Any]]:
 
 def scan_source(session: Session | None, log_source: str, since: dt.datetime | None,
                 prefix: str = "", max_bytes: int = 50 * 2**20, slow_ms: float = math.inf,
-                errors: bool = True, durations: bool = True) -> Scan:
+                errors: bool = True, durations: bool = True, *,
+                until: dt.datetime | None = None, log_timezone: str | None = None) -> Scan:
     """Scan LOG_SOURCE: 'auto' (the server's log directory through SQL, the last MAX_BYTES) or
-    a path / glob (whole files). PREFIX: the stderr log_line_prefix ('' = the server's)."""
+    a path / glob (whole files). PREFIX: the stderr log_line_prefix ('' = the server's).
+    LOG_TIMEZONE: the zone the log's times are in (None = the session's log_timezone).
+    LogUnreadable when nothing could be read, so that 'not read' is never 'no error'."""
+    if log_timezone is None:
+        log_timezone = session.facts.settings.get("log_timezone", "") if session else ""
     if log_source and log_source != "auto":
         files = local_files(log_source)
         if not prefix and session is not None and any(f.fmt == "stderr" for f in files):
@@ -439,16 +530,27 @@ def scan_source(session: Session | None, log_source: str, since: dt.datetime | N
         source, limit, reader = log_source, None, None
     else:
         if session is None:
-            raise SkipStep("no connection to read the server log through; pass log_source")
+            raise LogUnreadable("no connection to read the server log through",
+                                "pass log_source as a path or glob to the log files")
         files, server_prefix = server_files(session)
         prefix = prefix or server_prefix
         source = f"server log directory ({files[-1].fmt}, through SQL, last " \
                  f"{max_bytes / 2**20:g} MB)"
         limit, reader = max_bytes, session
     if any(f.fmt == "stderr" for f in files) and not prefix:
-        raise SkipStep("stderr log files need the server's log_line_prefix: pass it as the "
-                       "log_line_prefix parameter (SHOW log_line_prefix on the server)")
-    return scan(files, source, since, prefix, slow_ms, reader, limit, errors, durations)
+        raise LogUnreadable("stderr log files need the server's log_line_prefix",
+                            "pass it as the log_line_prefix parameter (SHOW log_line_prefix on "
+                            "the server)")
+    result = scan(files, source, since, prefix, slow_ms, reader, limit, errors, durations,
+                  until=until, log_timezone=log_timezone)
+    if not result.files and files:
+        raise LogUnreadable(result.notes[0] if result.notes else f"{source}: no file read",
+                            "check that the files exist and that this user may read them")
+    if not result.records and result.bytes_read:
+        unparsed = logparse.not_parsed(result.head, files[-1].fmt, ", ".join(result.files))
+        if unparsed:
+            raise LogUnreadable(*unparsed)
+    return result
 
 
 def setup_problems(result: Scan) -> list[str]:

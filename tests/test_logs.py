@@ -228,3 +228,83 @@ def test_a_bounded_read_says_how_far_back_it_reaches(tmp_path: Path) -> None:
     assert coverage.severity == "info" and "reaches back only to 2026-11-27 10:00:00" in coverage.title
     whole = logs.scan(logs.local_files(str(path)), "test", early, PREFIX)
     assert not whole.cut_short and not logs.setup_findings(whole)
+
+
+# every value an escape can take, as the server writes it (documentation of log_line_prefix)
+VALUES = {
+    "%r": ["[local]", "127.0.0.1(5432)", "::1(51234)", "2001:db8::7(6543)", "db.example.com(5432)",
+           ""],
+    "%h": ["[local]", "::1", "fe80::1%eth0", "10.0.0.5", ""],
+    "%L": ["[local]", "[none]", "::1", "192.168.1.2"],
+    "%a": ["", "[unknown]", "psql", "my app: v2 (prod)"],
+    "%u": ["", "[unknown]", "app", "Weird User"],
+    "%b": ["client backend", "autovacuum worker", "postmaster", "parallel worker"],
+    "%i": ["", "idle", "idle in transaction", "SELECT", "CREATE TABLE", "authentication"],
+    "%P": ["", "4242"],
+    "%v": ["", "3/17", "-1/0"],
+    "%x": ["0", "4294967295"],
+    "%Q": ["0", "-4812266451860814998", "7795398772459631263"],
+    "%c": ["6b0b15ac.320f"],
+    "%l": ["1", "123456"],
+    "%n": ["1795888556.431"],
+    "%s": ["2026-11-27 09:00:00 UTC", "2026-11-27 04:00:00 EST", "2026-11-27 12:00:00 +03",
+           "2026-11-27 12:30:00 +0530", "2026-11-27 10:00:00 CET"],
+    "%t": ["2026-11-27 10:00:00 UTC", "2026-11-27 05:00:00 EST", "2026-11-27 13:30:00 +0330",
+           "2026-11-27 10:00:00 GMT", "2026-11-27 07:00:00 -03"],
+    "%e": ["00000", "40P01", "XX000"],
+}
+
+
+@pytest.mark.parametrize("escape", sorted(VALUES))
+@pytest.mark.parametrize("pad", ["", "-20", "20"])
+def test_every_value_of_every_escape_matches(tmp_path: Path, escape: str, pad: str) -> None:
+    prefix = f"%m [%p] {escape[0]}{pad}{escape[1]}|%q%u@%d "
+    lines = []
+    for v in VALUES[escape]:
+        text = f"{v:<20}" if pad == "-20" else f"{v:>20}" if pad else v
+        lines.append(f"2026-11-27 10:00:00.100 UTC [11] {text}|app@db ERROR:  boom {v}\n")
+        lines.append(f"2026-11-27 10:00:00.100 UTC [11] {text}|LOG:  checkpoint {v}\n")
+    path = tmp_path / "p.log"
+    path.write_text("".join(lines))
+    got = scan(str(path), prefix=prefix)
+    assert got.counts.unmatched == 0 and got.records == len(lines), escape
+    assert [r["message"] for r in got.errors] == [f"boom {v}" for v in VALUES[escape]]
+
+
+def test_times_in_a_named_zone_are_placed_through_log_timezone(tmp_path: Path) -> None:
+    """EST, EDT, CET are abbreviations: only the server's log_timezone says what they stand
+    for. The hour that repeats when clocks go back is told apart by them."""
+    lines = ("2026-11-01 01:30:00.000 EDT [1] a@b c 40P01 ERROR:  first\n"
+             "2026-11-01 01:30:00.000 EST [1] a@b c 40P01 ERROR:  second\n")
+    path = tmp_path / "ny.log"
+    path.write_text(lines)
+    window = dt.datetime(2026, 11, 1, 6, tzinfo=dt.UTC)  # 01:00 EST, after 01:30 EDT
+    files = logs.local_files(str(path))
+    got = logs.scan(files, "t", window, PREFIX, log_timezone="America/New_York")
+    assert [(r["message"], r["time"].hour) for r in got.errors] == [("second", 6)]
+    both = logs.scan(files, "t", None, PREFIX, log_timezone="America/New_York")
+    assert [r["time"].hour for r in both.errors] == [5, 6]
+    blind = logs.scan(files, "t", window, PREFIX)  # no zone known: not guessed, but said
+    assert any("zone EDT, EST were read as UTC" in p for p in logs.setup_problems(blind))
+    wrong = logs.scan(files, "t", window, PREFIX, log_timezone="Europe/Nowhere")
+    assert any("Europe/Nowhere" in p for p in logs.setup_problems(wrong))
+
+
+def test_whole_second_times_keep_the_window_s_first_second(tmp_path: Path) -> None:
+    """%t has no milliseconds: a record of the second the window starts (or ends) in counts."""
+    path = tmp_path / "t.log"
+    path.write_text("2026-11-27 10:00:00 UTC [1] ERROR:  division by zero\n"
+                    "2026-11-27 10:00:05 UTC [1] ERROR:  division by zero\n")
+    got = logs.scan(logs.local_files(str(path)), "t", dt.datetime(2026, 11, 27, 10, 0, 0, 400000,
+                                                                  tzinfo=dt.UTC), "%t [%p] ",
+                    until=dt.datetime(2026, 11, 27, 10, 0, 4, 900000, tzinfo=dt.UTC))
+    assert got.errors_by_sqlstate == {"22012": 1} and got.in_window == 1
+
+
+def test_epoch_times_of_percent_n(tmp_path: Path) -> None:
+    path = tmp_path / "n.log"
+    path.write_text("1795888556.431 [1] ERROR:  division by zero\n")
+    got = logs.scan(logs.local_files(str(path)), "t", dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
+                    "%n [%p] ")
+    assert got.errors_by_sqlstate == {"22012": 1}
+    assert got.errors[0]["time"] == dt.datetime.fromtimestamp(1795888556.431, dt.UTC)
