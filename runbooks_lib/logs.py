@@ -14,19 +14,20 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import datetime as dt
-import glob
-import io
 import math
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from . import logparse, queries, sqlstate, sqltext
-from .errors import SkipStep
+from . import logparse, logsource, logtime, queries, sqlstate, sqltext
 from .findings import Finding
+from .logsource import LogFile as LogFile
+from .logsource import LogUnreadable as LogUnreadable
+from .logsource import local_files as local_files
+from .logsource import parse_since as parse_since
+from .logsource import server_files as server_files
+from .logsource import unreadable_finding as unreadable_finding
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -47,115 +48,6 @@ BUCKETS = 28_000
 # window only when it was last written this long before the window's start
 MTIME_SLACK = dt.timedelta(minutes=1)
 DURATION_HEAD = r"^duration: (?P<ms>[0-9.]+) ms(?: {1,2}(?P<kind>statement|execute|parse|bind))?"
-
-
-class LogUnreadable(SkipStep):
-    """The log could not be read at all, which is not the same as a log that holds no error:
-    REASON says why, FIX exactly what to do (unreadable_finding turns it into a warning)."""
-
-    def __init__(self, reason: str, fix: str) -> None:
-        super().__init__(f"the server log was not read: {reason}; {fix}")
-        self.reason = reason
-        self.fix = fix
-
-
-def unreadable_finding(exc: LogUnreadable) -> Finding:
-    """A log that was not read as a warning, never as a green 'no error logged'."""
-    return Finding("log_setup", "warning", f"The server log was not read: {exc.reason}"[:240],
-                   f"nothing was counted from the log; fix: {exc.fix}",
-                   evidence=[{"reason": exc.reason, "fix": exc.fix}], remediation=exc.fix)
-
-
-def _ident(name: str) -> str:
-    """NAME as an SQL identifier (quoted unless it is a plain lower-case one)."""
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
-
-
-def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime | None:
-    """The `since` parameter: '' (none), '15m', '2h', '1d', or an ISO 8601 time (UTC if naive).
-
-    >>> parse_since("2h", dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)).hour
-    10
-    """
-    text = (text or "").strip()
-    if not text:
-        return None
-    now = now or dt.datetime.now(dt.UTC)
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return now - dt.timedelta(**{unit: float(m.group(1))})
-    t = dt.datetime.fromisoformat(text)
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
-# -- sources -----------------------------------------------------------------------------------
-
-@dataclass
-class LogFile:
-    """One log file: a local path, or a name in the server's log directory (read through SQL)."""
-
-    name: str
-    size: int
-    modified: dt.datetime
-    fmt: str
-    server: bool = False
-
-
-def local_files(pattern: str) -> list[LogFile]:
-    """The files matching PATTERN (a path, a glob or a directory), oldest first; of one format
-    only (csvlog, else jsonlog, else stderr) when several match, since a server writing more
-    than one writes the same events to each."""
-    if Path(pattern).is_dir():
-        pattern = str(Path(pattern) / "*")
-    out = []
-    for p in glob.glob(pattern):
-        try:
-            st = Path(p).stat()
-        except OSError:
-            continue
-        if Path(p).is_file():
-            out.append(LogFile(p, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
-                               logparse.kind(p)))
-    if not out:
-        raise LogUnreadable(f"no log file matches {pattern}",
-                            f"log_source {pattern!r} matched no file: pass the path or glob of the "
-                            "server's log files (log_directory, e.g. /var/lib/postgresql/data/log/"
-                            "*.csv)")
-    best = next(k for k in ("csv", "json", "stderr") if any(f.fmt == k for f in out))
-    return sorted((f for f in out if f.fmt == best), key=lambda f: (f.modified, f.name))
-
-
-def server_files(session: Session) -> tuple[list[LogFile], str]:
-    """The server's log files of the best format it writes (csvlog, jsonlog, then stderr),
-    oldest first, and the server's log_line_prefix."""
-    settings = session.facts.settings
-    dest = settings.get("log_destination", "")
-    if settings.get("logging_collector") != "on":
-        raise LogUnreadable("logging_collector is off: the server log is not in files PostgreSQL "
-                            "can list", "pass log_source as a path or glob to the log files, or "
-                            "set logging_collector = on (needs a restart)")
-    fmt = next((f for f, d in (("csv", "csvlog"), ("json", "jsonlog"), ("stderr", "stderr"))
-                if d in dest), "")
-    if not fmt:
-        raise LogUnreadable(f"log_destination is '{dest}', no file the server can list",
-                            "ALTER SYSTEM SET log_destination = 'stderr,csvlog'; SELECT "
-                            "pg_reload_conf(); or pass log_source as a path to the log files")
-    if not session.facts.has_role("pg_read_server_files"):
-        role = session.facts.current_user
-        raise LogUnreadable(f"role {role} cannot read server files (needs pg_read_server_files)",
-                            f"GRANT pg_read_server_files TO {_ident(role)}; or pass log_source "
-                            "as a path or glob to the log files")
-    listed = session.frame(queries.get("log_files"))
-    files = [LogFile(str(n), int(s), m.to_pydatetime(), fmt, server=True)
-             for n, s, m in zip(listed["name"], listed["size"], listed["modification"],
-                                strict=True)
-             if logparse.kind(str(n)) == fmt]
-    if not files:
-        raise LogUnreadable(f"no {fmt} log file in the server's log directory",
-                            f"check log_directory ({settings.get('log_directory', '?')}) and "
-                            f"log_filename, or pass log_source as a path to the log files")
-    return sorted(files, key=lambda f: (f.modified, f.name)), settings.get("log_line_prefix", "")
 
 
 # -- what a scan finds -------------------------------------------------------------------------
@@ -270,7 +162,7 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
     MAX_BYTES, only the last that many bytes of the newest files. A file that vanishes or
     shrinks while it is read (rotation) is noted, not fatal."""
     out = Scan(source=source, since=since, prefix=prefix, until=until, log_timezone=log_timezone)
-    zone = logparse.LogZone(log_timezone)
+    zone = logtime.LogZone(log_timezone)
     window = Window(since, until, zone)
     budget = max_bytes if max_bytes is not None else math.inf
     chosen: list[tuple[LogFile, int]] = []
@@ -286,7 +178,7 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
         budget -= f.size - offset
     for f, offset in reversed(chosen):
         try:
-            fh = _open(f, offset, session)
+            fh = logsource.open_file(f, offset, session)
         except (OSError, RuntimeError) as exc:
             out.notes.append(f"{f.name}: could not be read ({exc.__class__.__name__}: "
                              f"{str(exc)[:120]}); rotated away or removed while reading?")
@@ -329,7 +221,7 @@ class Window:
 
     since: dt.datetime | None
     until: dt.datetime | None
-    zone: logparse.LogZone
+    zone: logtime.LogZone
 
 
 def _work(task: logparse.Task, window: Window, slow_ms: float, errors: bool,
@@ -342,39 +234,6 @@ def _work(task: logparse.Task, window: Window, slow_ms: float, errors: bool,
     return part, counts
 
 
-def _open(f: LogFile, offset: int, session: Session | None) -> IO[bytes]:
-    if f.server:
-        if session is None:
-            raise RuntimeError("no session to read server files with")
-        fh: IO[bytes] = io.BufferedReader(io.BytesIO(_read_server_file(session, f, offset)))
-    else:
-        fh = open(f.name, "rb")  # noqa: SIM115 (closed by the caller)
-        fh.seek(offset)
-    if offset:
-        logparse.skip_partial(fh, f.fmt)
-    return fh
-
-
-def _read_server_file(session: Session, f: LogFile, offset: int,
-                      piece: int = 16 * 2**20) -> bytes:
-    import psycopg
-
-    parts = []
-    pos = offset
-    while pos < f.size:
-        try:
-            row = session.row(queries.get("read_log"), {"name": f.name, "offset": pos,
-                                                        "length": min(piece, f.size - pos)})
-        except psycopg.Error as exc:
-            raise RuntimeError(str(exc).splitlines()[0]) from None
-        chunk = bytes(row["chunk"] or b"")
-        if not chunk:
-            break
-        parts.append(chunk)
-        pos += len(chunk)
-    return b"".join(parts)
-
-
 def _take(out: Scan, batch: pa.RecordBatch, window: Window, slow_ms: float, errors: bool,
           durations: bool) -> None:
     """One batch into OUT, a fresh part (merged into the total by Scan.merge)."""
@@ -384,17 +243,17 @@ def _take(out: Scan, batch: pa.RecordBatch, window: Window, slow_ms: float, erro
     zone = window.zone
     # within a file, the earliest and latest strings are the earliest and latest times
     bounds = pc.min_max(batch.column("log_time"))
-    first, last = logparse.to_utc(pa.array([bounds["min"].as_py(), bounds["max"].as_py()],
+    first, last = logtime.to_utc(pa.array([bounds["min"].as_py(), bounds["max"].as_py()],
                                            pa.string()), zone).to_pylist()
     out.oldest = first
     if window.since is not None:
-        batch = batch.filter(logparse.at_or_after(batch.column("log_time"), window.since, zone))
+        batch = batch.filter(logtime.at_or_after(batch.column("log_time"), window.since, zone))
     if window.until is not None and batch.num_rows:
-        before = logparse.at_or_before(batch.column("log_time"), window.until, zone)
+        before = logtime.at_or_before(batch.column("log_time"), window.until, zone)
         if not pc.all(before).as_py():
             batch = batch.filter(before)
             if batch.num_rows:
-                last = logparse.to_utc(pa.array([pc.max(batch.column("log_time")).as_py()],
+                last = logtime.to_utc(pa.array([pc.max(batch.column("log_time")).as_py()],
                                                 pa.string()), zone)[0].as_py()
     if not batch.num_rows:
         return
@@ -414,7 +273,7 @@ def _take(out: Scan, batch: pa.RecordBatch, window: Window, slow_ms: float, erro
                 code = item["values"] or "(none)"
                 into[code] = into.get(code, 0) + int(item["counts"])
             if levels == ERROR_LEVELS:
-                rows = hit.append_column("time", logparse.to_utc(hit.column("log_time"), zone))
+                rows = hit.append_column("time", logtime.to_utc(hit.column("log_time"), zone))
                 out.keep(rows.to_pylist())
     if durations:
         out.marked += _durations(out.durations, batch, slow_ms, zone)
@@ -445,7 +304,7 @@ def normalized(sql: pa.Array) -> pa.Array:
 
 
 def _durations(d: Durations, batch: pa.RecordBatch, slow_ms: float,
-               zone: logparse.LogZone | None = None) -> int:
+               zone: logtime.LogZone | None = None) -> int:
     """The durations of one batch into D, a fresh part (merged into the total by Scan.merge).
     Our own diagnostic statements (queries.MARKER) are left out, so the share and the p95 are
     the application's: returns how many were."""
@@ -495,7 +354,7 @@ def _durations(d: Durations, batch: pa.RecordBatch, slow_ms: float,
                         [("ms", "count"), ("ms", "sum"), ("ms", "max")]).to_pylist()}
     top = pc.select_k_unstable(ms, k=min(10, n), sort_keys=[("ms", "descending")])
     best = batch.take(where.take(top)).append_column("statement", stmt.take(top))
-    best = best.append_column("time", logparse.to_utc(best.column("log_time"), zone))
+    best = best.append_column("time", logtime.to_utc(best.column("log_time"), zone))
     for r in best.to_pylist():
         d.slowest.append({"log_time": r["time"], "duration_ms": float(r["message"].split()[1]),
                           "user": r["user"], "database": r["database"],

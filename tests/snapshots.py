@@ -644,10 +644,20 @@ def log_scan(spec: Mapping[str, Any], since: dt.datetime, records: int) -> logs.
                      inferred=int(spec.get("inferred", 0)))
 
 
+def not_read(value: Any) -> SkipStep:
+    """What reading the log raised: {reason, fix} is the LogUnreadable the log sources raise;
+    a text, any other SkipStep (no connection to read the log through, say)."""
+    if isinstance(value, Mapping):
+        spec = fields(value, ("reason", "fix"), "unreadable")
+        return logs.LogUnreadable(str(spec["reason"]), str(spec["fix"]))
+    return SkipStep(str(value))
+
+
 def log_errors(value: Any) -> LogRead:
     """{errors: [{sqlstate, message, detail, context, query, application, minutes_ago, count}],
     since_minutes: 60, errors_by_sqlstate: {code: n}, statements_logged: '', unreadable: '',
-    <scan keys>}: what the probe read. UNREADABLE (the SkipStep's text) is a log not read;
+    <scan keys>}: what the probe read. UNREADABLE ({reason, fix}, or a SkipStep's text) is a
+    log not read;
     ERRORS_BY_SQLSTATE the exact counts when the scan kept fewer records than it counted
     (default: counted from ERRORS). Messages of common codes and a deadlock's DETAIL default to
     what PostgreSQL logs."""
@@ -659,7 +669,7 @@ def log_errors(value: Any) -> LogRead:
         if set(spec) - {"unreadable", "since_minutes", "statements_logged"}:
             raise ValueError("log_errors: an unreadable log has no errors nor scan")
         return LogRead(start, None, pd.DataFrame(columns=ERROR_COLUMNS),
-                       SkipStep(str(spec["unreadable"])), logged)
+                       not_read(spec["unreadable"]), logged)
     table = []
     for item in rows(spec.get("errors"), "log_errors errors"):
         row = fields(item, ("sqlstate", "message", "detail", "context", "query", "user",
@@ -709,14 +719,14 @@ def log_durations(value: Any) -> Durations:
     """{durations: {ms: count}, lmds: 0, calls: null, slow_ms: 2000, unreadable: '',
     <scan keys>}: statement durations of the window from the log. SLOW_MS is the probe's
     slow_query_ms (give it beside a slow_query_ms override); CALLS the window's calls counted
-    by pg_stat_statements (null without it); LMDS log_min_duration_statement. UNREADABLE is a
-    log the probe could not read: it skips."""
+    by pg_stat_statements (null without it); LMDS log_min_duration_statement. UNREADABLE
+    ({reason, fix}, or a text) is a log the probe could not read: it skips."""
     from runbooks_lib.checks.statements import Durations
 
     spec = fields(value, ("durations", "lmds", "calls", "slow_ms", "unreadable", *SCAN_KEYS),
                   "log_durations")
     if spec.get("unreadable"):
-        raise SkipStep(str(spec["unreadable"]))
+        raise not_read(spec["unreadable"])
     start = NOW - dt.timedelta(seconds=10)
     stats = duration_stats(dict(spec.get("durations") or {}), float(spec.get("slow_ms", 2000.0)))
     scan = log_scan(spec, start, stats.count + 10)

@@ -6,6 +6,7 @@ and logs that cannot be read at all, which must never pass for logs without erro
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import time
 import zoneinfo
@@ -18,12 +19,12 @@ import pytest
 from psycopg import sql
 
 from runbooks_lib import logs, queries
-from runbooks_lib.sandbox import incidents
+from runbooks_lib.sandbox import demo, incidents, server
 from runbooks_lib.sandbox.server import Sandbox
 from runbooks_lib.session import Session
 from runbooks_lib.target import resolve
 
-from .conftest import retry
+from .conftest import make_base_dir, retry
 
 EXTENSIONS = ("log", "csv", "json")
 # every escape PostgreSQL documents, padded ones too; %q ends the line of session-less processes
@@ -91,19 +92,32 @@ def _last_statement(sb: Sandbox, text: str = "SELECT 'flushed'") -> str:
     return text
 
 
-def test_every_prefix_escape_and_its_values(quiet: Sandbox) -> None:
+@pytest.fixture(scope="module")
+def own() -> Iterator[Sandbox]:
+    """A server of its own for the tests that change how it logs (prefix, zone, durations):
+    the shared sandbox's log, which later tests read, keeps one prefix and one zone."""
+    base = make_base_dir("pg-runbooks-logging-")
+    try:
+        sb = server.start(base, os.environ.get("RUNBOOKS_TEST_BINDIR"), max_connections=20)
+        demo.load(sb.url("app"))
+        yield sb
+    finally:
+        server.stop(base, remove=True)
+
+
+def test_every_prefix_escape_and_its_values(own: Sandbox) -> None:
     """Query ids are signed (about half are negative), non-session processes leave %u %d %r %h
     %i %v empty, padding adds spaces: every line the server writes must still match."""
-    with logging(quiet, log_line_prefix=ALL_ESCAPES, compute_query_id="on",
+    with logging(own, log_line_prefix=ALL_ESCAPES, compute_query_id="on",
                  log_min_duration_statement="0") as files:
         since = dt.datetime.now(dt.UTC)
-        raised = _errors(quiet)
-        with psycopg.connect(quiet.url("app")) as c:  # distinct shapes: distinct query ids
+        raised = _errors(own)
+        with psycopg.connect(own.url("app")) as c:  # distinct shapes: distinct query ids
             for i in range(1, 31):
                 c.execute(("SELECT " + ", ".join(["1"] * i)).encode())
-        with psycopg.connect(quiet.url("postgres", "postgres"), autocommit=True) as c:
+        with psycopg.connect(own.url("postgres", "postgres"), autocommit=True) as c:
             c.execute("CHECKPOINT")  # a line of the checkpointer: a process without a session
-        _flushed(files["log"], _last_statement(quiet))
+        _flushed(files["log"], _last_statement(own))
         text = files["log"].read_text()
         assert re.search(r"\|-\d+\| *-\d+\|", text), "no negative query id was logged"
         assert re.search(r"\|checkpointer\|(LOG|DEBUG1):", text), "no session-less line"
@@ -115,16 +129,16 @@ def test_every_prefix_escape_and_its_values(quiet: Sandbox) -> None:
 
 
 @pytest.mark.parametrize("prefix", RDS, ids=["rds-colons", "rds-pgbadger"])
-def test_managed_service_prefixes(quiet: Sandbox, prefix: str) -> None:
+def test_managed_service_prefixes(own: Sandbox, prefix: str) -> None:
     """RDS writes %t (whole seconds) and no %e: errors in the window's first second count, and
     the SQLSTATEs come from the messages."""
-    with logging(quiet, log_line_prefix=prefix, log_min_duration_statement="0") as files:
+    with logging(own, log_line_prefix=prefix, log_min_duration_statement="0") as files:
         since = dt.datetime.now(dt.UTC)
-        raised = _errors(quiet)
-        with psycopg.connect(quiet.url("app")) as c:
+        raised = _errors(own)
+        with psycopg.connect(own.url("app")) as c:
             for _ in range(3):
                 c.execute("SELECT pg_sleep(0.01)")
-        _flushed(files["log"], _last_statement(quiet))
+        _flushed(files["log"], _last_statement(own))
         got = logs.scan_source(None, str(files["log"]), since, prefix)
     assert got.errors_by_sqlstate == raised and got.inferred == sum(raised.values())
     assert got.durations.statements["SELECT pg_sleep(?)"][0] == 3
@@ -132,14 +146,14 @@ def test_managed_service_prefixes(quiet: Sandbox, prefix: str) -> None:
     assert dl["user"] == "app" and dl["database"] == "cosnap" and dl["query"]
 
 
-def test_one_space_after_the_severity(quiet: Sandbox, tmp_path: Path) -> None:
+def test_one_space_after_the_severity(own: Sandbox, tmp_path: Path) -> None:
     """A shipper that collapses 'LOG:  ' to 'LOG: ' (and 'ms  statement' to 'ms statement'):
     the same records, errors and durations."""
     prefix = "%m [%p] %q%u@%d %a %e "
-    with logging(quiet, log_min_duration_statement="0") as files:
+    with logging(own, log_min_duration_statement="0") as files:
         since = dt.datetime.now(dt.UTC)
-        raised = _errors(quiet)
-        _flushed(files["log"], _last_statement(quiet))
+        raised = _errors(own)
+        _flushed(files["log"], _last_statement(own))
         written, shipped = tmp_path / "written.log", tmp_path / "shipped.log"
         written.write_text(files["log"].read_text())
     text = re.sub(r"(?<=[A-Z1-5]):  ", ": ", written.read_text())
@@ -155,15 +169,15 @@ def test_one_space_after_the_severity(quiet: Sandbox, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("zone", ["America/New_York", "CET"])
-def test_log_timezone_other_than_utc(quiet: Sandbox, zone: str) -> None:
+def test_log_timezone_other_than_utc(own: Sandbox, zone: str) -> None:
     """Times in the log are in log_timezone (EST/EDT, CET/CEST): the window is the same instant
     whatever the zone, so errors raised just before it are left out and those in it counted."""
-    with logging(quiet, log_timezone=zone, log_min_duration_statement="0") as files:
-        incidents.failing_statements(quiet.url("app"))  # before the window
+    with logging(own, log_timezone=zone, log_min_duration_statement="0") as files:
+        incidents.failing_statements(own.url("app"))  # before the window
         time.sleep(1.1)
         since = dt.datetime.now(dt.UTC)
-        raised = _errors(quiet)
-        _flushed(files["log"], _last_statement(quiet))
+        raised = _errors(own)
+        _flushed(files["log"], _last_statement(own))
         _flushed(files["csv"], "SELECT 'flushed'")
         for ext in ("csv", "log", "json"):
             got = logs.scan_source(None, str(files[ext]), since, "%m [%p] %q%u@%d %a %e ",
@@ -173,7 +187,7 @@ def test_log_timezone_other_than_utc(quiet: Sandbox, zone: str) -> None:
             # without the zone, the abbreviation is not guessed: the scan says so
             blind = logs.scan_source(None, str(files[ext]), since, "%m [%p] %q%u@%d %a %e ")
             assert any("log_timezone" in p for p in logs.setup_problems(blind)), ext
-        with Session(resolve(quiet.url("postgres"))) as s:  # the zone from the session
+        with Session(resolve(own.url("postgres"))) as s:  # the zone from the session
             assert s.facts.settings["log_timezone"] == zone
             got = logs.scan_source(s, "auto", since)
             assert got.errors_by_sqlstate == raised
@@ -184,12 +198,12 @@ def test_log_timezone_other_than_utc(quiet: Sandbox, zone: str) -> None:
             assert got.errors_by_sqlstate == raised
 
 
-def test_own_statements_and_the_window_end_are_not_counted(quiet: Sandbox) -> None:
+def test_own_statements_and_the_window_end_are_not_counted(own: Sandbox) -> None:
     """The latency runbook's share of slow statements is the application's, in the window: its
     own diagnostic queries (queries.MARKER) and what runs after the window are left out."""
-    with logging(quiet, log_min_duration_statement="0") as files:
+    with logging(own, log_min_duration_statement="0") as files:
         since = dt.datetime.now(dt.UTC)
-        with psycopg.connect(quiet.url("app")) as c:
+        with psycopg.connect(own.url("app")) as c:
             for _ in range(3):
                 c.execute("SELECT pg_sleep(0.01)")
             for _ in range(5):
@@ -198,7 +212,7 @@ def test_own_statements_and_the_window_end_are_not_counted(quiet: Sandbox) -> No
         time.sleep(1.1)  # whole seconds apart, for %t as well
         until = dt.datetime.now(dt.UTC)
         time.sleep(1.1)
-        _last_statement(quiet, "SELECT 'after the window'")
+        _last_statement(own, "SELECT 'after the window'")
         _flushed(files["log"], "after the window")
         _flushed(files["csv"], "after the window")
         for ext in ("log", "csv"):
@@ -255,6 +269,6 @@ def test_auto_without_pg_read_server_files_says_what_to_grant(quiet: Sandbox) ->
     with Session(resolve(quiet.url("monitor"))) as s, \
             pytest.raises(logs.LogUnreadable) as caught:
         logs.scan_source(s, "auto", None)
-    assert caught.value.fix.startswith("GRANT pg_read_server_files TO monitor;")
+    assert caught.value.fix.startswith("GRANT pg_read_server_files TO \"monitor\";")
     finding = logs.unreadable_finding(caught.value)
     assert finding.severity == "warning" and "GRANT pg_read_server_files" in finding.remediation

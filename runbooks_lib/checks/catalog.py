@@ -16,7 +16,7 @@ from ..findings import Finding, Metric, records
 from ..probes import catalog as _catalog  # noqa: F401 - registers the catalog probes
 from ..probes.window import LARGE_TABLE_ROWS, TABLE_COUNTERS, Window
 from ..registry import Check, Param, Params, register
-from ..sqltext import columns, qualified
+from ..sqltext import columns, ident, qualified
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -201,8 +201,17 @@ def duplicate_indexes(dups: pd.DataFrame, p: Params) -> list[Finding]:
                 f"same columns, operator classes, expressions and predicate: {r['definition']}",
                 evidence=records(group[["index", "size_bytes", "idx_scan", "is_unique",
                                         "definition"]]),
-                remediation=f"DROP INDEX CONCURRENTLY {qualified(r['schema'], r['index'])};"))
+                remediation=drop_duplicate(r)))
     return found or [Finding("duplicate_index", "ok", "No duplicate index")]
+
+
+def drop_duplicate(r: pd.Series) -> str:
+    """An index that backs a constraint cannot be dropped by itself: drop the constraint (an
+    index made for a constraint carries the constraint's name)."""
+    if r["backs_constraint"]:
+        return (f"ALTER TABLE {qualified(r['schema'], r['table'])} DROP CONSTRAINT "
+                f"{ident(r['index'])};")
+    return f"DROP INDEX CONCURRENTLY {qualified(r['schema'], r['index'])};"
 
 
 def invalid_indexes(bad: pd.DataFrame, p: Params) -> list[Finding]:
@@ -270,13 +279,14 @@ def dead_tuples(tables: pd.DataFrame, p: Params) -> list[Finding]:
 def with_dead_share(t: pd.DataFrame) -> pd.DataFrame:
     dead_share = t["n_dead_tup"] / (t["n_live_tup"] + t["n_dead_tup"]).clip(lower=1)
     threshold = t["vacuum_threshold"] + t["vacuum_scale_factor"] * t["est_rows"].clip(lower=0)
-    return t.assign(dead_share=dead_share.round(3), autovacuum_due=t["n_dead_tup"] > threshold,
+    return t.assign(dead_share=dead_share, autovacuum_due=t["n_dead_tup"] > threshold,
                     autovacuum_threshold=threshold.round(0))
 
 
 def show_dead(tables: pd.DataFrame, found: list[Finding], p: Params) -> None:
     t = with_dead_share(tables)
-    present.show_table(t.sort_values("n_dead_tup", ascending=False)[
+    present.show_table(t.assign(dead_share=t["dead_share"].round(3)).sort_values(
+        "n_dead_tup", ascending=False)[
         ["schema", "table", "n_live_tup", "n_dead_tup", "dead_share", "autovacuum_enabled",
          "last_autovacuum", "last_vacuum"]].head(15), "dead tuples and vacuum")
 

@@ -124,10 +124,8 @@ def log_setup(log: LogRead, p: Params) -> list[Finding]:
 
 def unreadable(exc: SkipStep) -> Finding:
     """The log could not be read: a warning that says why and the fix, never 'no error'."""
-    make = getattr(logs, "unreadable_finding", None)
-    if make is not None:
-        finding: Finding = make(exc)
-        return finding
+    if isinstance(exc, logs.LogUnreadable):
+        return logs.unreadable_finding(exc)
     return Finding("log_setup", "warning", "The server log was not read: no error can be "
                    "counted", str(exc), remediation=str(exc).split(": ", 1)[-1])
 
@@ -200,13 +198,14 @@ def by_sqlstate(log: LogRead, p: Params) -> list[Finding]:
             sev = "critical"  # internal errors: corruption or a server bug
         listed = ", ".join(f"{r['sqlstate']} {r['name']} x{r['count']}"
                            for _, r in codes.head(5).iterrows())
+        count = int(codes["count"].sum())  # exact, where the records kept are the latest
         apps = ", ".join(f"{a} ({n})" for a, n in
                          group["application"].value_counts().head(3).items())
         found.append(Finding(
             f"errors_{cat}", sev,
-            f"{len(group)} {cat} error(s) since {log.start:%H:%M} UTC: {listed}",
+            f"{count} {cat} error(s) since {log.start:%H:%M} UTC: {listed}",
             f"by application: {apps}; retryable: {'yes' if cat == sqlstate.RETRYABLE else 'no'}",
-            metric=Metric("errors", len(group)), evidence=records(top.head(10)),
+            metric=Metric("errors", count), evidence=records(top.head(10)),
             remediation=sqlstate.REMEDIATION[str(cat)]))
     return found
 

@@ -146,7 +146,7 @@ register(Check(
     open.""",
     long_running, probes=("long_running",),
     params=(QUERY_WARNING, QUERY_CRITICAL, XACT_WARNING, XACT_CRITICAL),
-    emits=("long_query", "long_transaction"), show=show_long))
+    emits=("long_query", "long_transaction", "long_running"), show=show_long))
 
 
 # -- prepared transactions ---------------------------------------------------------------------
@@ -259,4 +259,5 @@ register(Check(
     """Cancel (the statement) or terminate (the session) of root blockers whose waiters waited
     blocker_min_wait_s. A preview unless allow_actions is true; the statement re-checks that
     each session still blocks someone, and the result is re-checked after signalling.""",
-    signal_blocker, probes=("blocker_plan",), params=(ALLOW_ACTIONS,), act=True))
+    signal_blocker, probes=("blocker_plan",), params=(ALLOW_ACTIONS,),
+    emits=("action_cancel", "action_terminate"), act=True))

@@ -17,8 +17,10 @@ from ..sqltext import ident, qualified, short
 if TYPE_CHECKING:
     import pandas as pd
 
-FILTER_COLUMN = re.compile(
-    r'\(?\(?\s*("(?:[^"]|"")+"|[a-z_][a-z0-9_]*)\s*(?:=|<|>|~~|<=|>=|ANY)', re.I)
+NAME = r'"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*'
+CAST = re.compile(r'::(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_]*(?: varying| precision| with(?:out)? time '
+                  r'zone)?)(?:\[\])?', re.I)
+FILTER_COLUMN = re.compile(rf"(?:(?:{NAME})\.)?({NAME})\)?\s*(?:=|<>|<=|>=|<|>|~~|ANY)", re.I)
 
 
 def seq_scans_of(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -33,9 +35,11 @@ def suggest_index(scan: dict[str, Any]) -> str | None:
 
     >>> suggest_index({"Filter": '("authorId" = 5)', "Relation Name": "Post", "Schema": "public"})
     'CREATE INDEX CONCURRENTLY ON "public"."Post" ("authorId");'
+    >>> suggest_index({"Filter": "((o.status)::text = 'open'::text)", "Relation Name": "orders"})
+    'CREATE INDEX CONCURRENTLY ON "orders" ("status");'
     """
     cols: list[str] = []
-    for m in FILTER_COLUMN.finditer(scan.get("Filter", "")):
+    for m in FILTER_COLUMN.finditer(CAST.sub("", scan.get("Filter", ""))):
         name = m.group(1)
         name = name[1:-1].replace('""', '"') if name.startswith('"') else name
         if name.lower() not in ("and", "or", "not") and name not in cols:

@@ -37,7 +37,9 @@ class LogRead:
 
     def require(self) -> logs.Scan:
         if self.scan is None:
-            raise SkipStep(f"the server log was not read: {self.unreadable}")
+            reason = str(self.unreadable)
+            raise SkipStep(reason if reason.startswith("the server log was not read") else
+                           f"the server log was not read: {reason}")
         return self.scan
 
 
