@@ -237,7 +237,7 @@ def test_a_notebook_that_writes_no_findings_could_not_run(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("args", "says"), [
     (["run", "connectivity", "-p", "allow_action=true"], "did you mean allow_actions?"),
     (["run", "connectivity", "-p", "connection_usage_warning=2.5"],
-     "connection_usage_warning=2.5: expected a number from 0.01 to 1"),
+     "connection_usage_warning='2.5': expected a number from 0.01 to 1"),
     (["run", "connectivity", "-p", "connect_timeout_s=-1"], "connect_timeout_s='-1'"),
     (["run", "latency", "-p", "sample_seconds=abc"], "sample_seconds='abc': expected a number"),
     (["run", "latency", "-p", "blocker_action=kill"], "one of cancel, terminate"),
