@@ -3,10 +3,13 @@ never more privilege than the statement's owner, printed SQL that runs as printe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -226,3 +229,58 @@ def test_a_busy_healthy_server_gives_no_warning(quiet: Sandbox, tmp_path: Path) 
         assert not data["errors"], data["errors"]
     assert not loud, loud
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class Forwarder:
+    """A TCP port that forwards to the sandbox once opened: a server that comes back."""
+
+    def __init__(self, to_port: int) -> None:
+        self.port, self.to_port = free_port(), to_port
+        self.listener: socket.socket | None = None
+
+    def open(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.to_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+
+def test_a_server_that_came_back_is_reached_not_reported_from_a_stale_attempt(
+        quiet: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """In JupyterLab the first attempt starts when the notebook opens; a server that is back
+    by the time the reachability step runs is reachable, not 'unreachable after 1 attempt'."""
+    fwd = Forwarder(quiet.port)
+    monkeypatch.setenv("RB_BACK_URL", quiet.url("monitor").replace(f":{quiet.port}/",
+                                                                   f":{fwd.port}/"))
+    rb = Runbook.start("connectivity", {"target": "env:RB_BACK_URL", "connect_attempts": 1,
+                                        "findings_path": str(tmp_path / "f.json")})
+    try:
+        time.sleep(1.5)  # the first attempt was refused and is stale now
+        fwd.open()
+        rb.step("reachability")
+        (f,) = by_check(rb, "reachability")
+        assert f.severity == "ok", f.title
+    finally:
+        rb.close()
+        fwd.close()
