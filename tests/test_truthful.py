@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -129,11 +130,11 @@ def test_every_printed_statement_runs_as_printed(
         assert row == (1,)
 
 
-def test_cancel_cannot_help_an_idle_root_and_says_so(
-        quiet: Sandbox, make_runbook: Callable[..., Runbook], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNBOOKS_HEADLESS", "1")
-    rb = make_runbook("latency", role="postgres", blocker_action="cancel",
+def signal_root_blocker(quiet: Sandbox, make_runbook: Callable[..., Runbook],
+                        action: str) -> tuple[Runbook, int, str]:
+    """The latency runbook's action on the lock chain's idle-in-transaction root, allowed:
+    the runbook, the root's pid and its state afterwards ('' when gone)."""
+    rb = make_runbook("latency", role="postgres", blocker_action=action,
                       blocker_min_wait_s=0.5, allow_actions=True)
     with incidents.lock_chain(quiet.url("app"), "cosnap-backend") as chain:
         time.sleep(1.0)
@@ -142,30 +143,36 @@ def test_cancel_cannot_help_an_idle_root_and_says_so(
         with psycopg.connect(quiet.url("postgres")) as c:
             row = c.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
                             (chain.root,)).fetchone()
-    assert row == ("idle in transaction",), "the root is untouched"
+    return rb, chain.root, str(row[0]) if row else ""
+
+
+def audited(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+def test_cancel_cannot_help_an_idle_root_and_says_so(
+        quiet: Sandbox, make_runbook: Callable[..., Runbook], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_HEADLESS", "1")
+    rb, root, state = signal_root_blocker(quiet, make_runbook, "cancel")
+    assert state == "idle in transaction", "the root is untouched"
     notes = by_check(rb, "action_cancel")
     assert notes and all("cancelled" not in f.title for f in notes)
-    (note,) = [f for f in notes if f"pid {chain.root}" in f.title]
+    (note,) = [f for f in notes if f"pid {root}" in f.title]
     assert "cancel cannot help" in note.detail and "terminate would end its session" in note.detail
-    audit = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert all(a["decision"] != "executed" for a in audit), audit
+    assert all(a["decision"] != "executed" for a in audited(tmp_path))
 
 
 def test_terminate_reports_the_sessions_really_gone(
         quiet: Sandbox, make_runbook: Callable[..., Runbook], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOKS_HEADLESS", "1")
-    rb = make_runbook("latency", role="postgres", blocker_action="terminate",
-                      blocker_min_wait_s=0.5, allow_actions=True)
-    with incidents.lock_chain(quiet.url("app"), "cosnap-backend") as chain:
-        time.sleep(1.0)
-        rb.step("blocking")
-        rb.step("signal_blocker")
+    rb, root, state = signal_root_blocker(quiet, make_runbook, "terminate")
+    assert state == ""
     (done,) = by_check(rb, "action_terminate")
     assert done.severity == "info" and "1 of 1 sessions ended" in done.title
-    (line,) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()
-               if json.loads(x)["decision"] == "executed"]
-    assert line["result"]["effective"] == [chain.root] and line["result"]["unchanged"] == []
+    (line,) = [a for a in audited(tmp_path) if a["decision"] == "executed"]
+    assert line["result"]["effective"] == [root] and line["result"]["unchanged"] == []
 
 
 def test_latency_on_an_unreachable_server_claims_nothing_ok(tmp_path: Path) -> None:
