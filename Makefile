@@ -27,10 +27,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/latency_catalog.py
 	$(BIN)/python benchmarks/log_scan.py
 
+# Jupyter refuses to run as root without --allow-root; it listens on loopback only, as the sandbox.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet jupyterlab
 	$(BIN)/runbooks sandbox start
-	DATABASE_URL="$$($(BIN)/runbooks sandbox url --role monitor)" $(BIN)/jupyter lab notebooks/
+	DATABASE_URL="$$($(BIN)/runbooks sandbox url --role monitor)" \
+	  $(BIN)/jupyter lab --ip=127.0.0.1 $(LAB_ROOT) notebooks/
 
 sandbox-stop: $(STAMP)
 	$(BIN)/runbooks sandbox stop
