@@ -65,6 +65,7 @@ def test_start_is_idempotent_and_stop_leaves_no_process() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.pg_stat_statements
 def test_roles_and_demo_schema(sandbox: Sandbox) -> None:
     with psycopg.connect(sandbox.url("postgres")) as c:
         tables = {r[0] for r in c.execute(
