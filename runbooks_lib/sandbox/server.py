@@ -70,8 +70,7 @@ def bindir(given: str | Path | None = None) -> Path:
 
 
 def server_major(bin_dir: Path) -> int:
-    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True,
-                         check=True).stdout
+    out = _run([str(bin_dir / "postgres"), "--version"], None).stdout
     m = re.search(r"(\d+)(?:\.\d+)?", out)
     if not m:
         raise SandboxError(f"cannot read the server version from {out!r}")
