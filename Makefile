@@ -70,7 +70,7 @@ test-matrix: matrix-binaries
 	else echo "== PostgreSQL 15: not installed ($(PG15_BINDIR)), left out"; fi; \
 	run 16 $(MATRIX)/16/pgserver/pginstall/bin $(NO_CONTRIB); \
 	RUNBOOKS_QUERY_COVERAGE=$(abspath $(COVERAGE)) RUNBOOKS_QUERY_COVERAGE_CHECK=1 \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_session.py \
+	  $(BIN)/python -m pytest -q -rP -p no:cacheprovider tests/test_session.py \
 	    -k test_every_ladder_rung_ran_on_some_version || status=1; \
 	exit $$status
 
