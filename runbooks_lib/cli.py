@@ -28,6 +28,19 @@ def cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def loud(path: Path, most: int = 5) -> list[dict[str, str]]:
+    """The critical, then warning findings of a findings JSON: what the console shows."""
+    import json
+
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))["findings"]
+    except (OSError, ValueError, KeyError):
+        return []
+    ranked = sorted((f for f in found if f["severity"] in ("critical", "warning")),
+                    key=lambda f: f["severity"] != "critical")
+    return ranked[:most]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     names = list(registry.runbooks()) if args.all else args.names
     if not names:
@@ -38,12 +51,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0")
     out = Path(args.out) if args.out else None
     code, summary = report.run(names, args.target, out, _params(args.param), args.timeout)
+    out_dir = Path(summary["out_dir"])
     for rb in summary["runbooks"]:
         counts = rb["findings"]
         print(f"{rb['name']}: {rb['status']} ({counts['critical']} critical, "
               f"{counts['warning']} warning, {rb['skipped']} skipped)"
-              + (": " + "; ".join(f"{e['step']}: {e['message']}" for e in rb["errors"])
-                 if rb["errors"] else ""))
+              + (": " + "; ".join(f"{e['step']}: {e['message'].splitlines()[0][:200]}"
+                                  for e in rb["errors"]) if rb["errors"] else ""))
+        for f in loud(out_dir / rb["files"]["findings"]):
+            print(f"  [{f['severity']}] {f['title']}")
     print(f"report: {Path(summary['out_dir']) / (names[0] + '.html')}"
           if len(names) == 1 else f"reports: {summary['out_dir']}")
     return code

@@ -403,6 +403,12 @@ def scan_source(session: Session | None, log_source: str, since: dt.datetime | N
     result = scan(files, source, since, prefix, slow_ms, reader, limit, errors, durations,
                   until=until, log_timezone=log_timezone)
     if not result.files and files:
+        newest = max(f.modified for f in files)
+        if since is not None and not result.notes and newest < since:
+            raise LogUnreadable(f"{source}: no file was written since {since:%Y-%m-%d %H:%M} UTC "
+                                f"(the newest on {newest:%Y-%m-%d %H:%M}), so none holds the "
+                                "window", "point log_source at the server's current log files "
+                                "(its log_directory), or widen since")
         raise LogUnreadable(result.notes[0] if result.notes else f"{source}: no file read",
                             "check that the files exist and that this user may read them")
     if not result.records and result.bytes_read:

@@ -42,6 +42,8 @@ class Param:
     low: float | None = None  # allowed range, inclusive
     high: float | None = None
     choices: tuple[str, ...] = ()
+    form: Callable[[str], object] | None = field(default=None, compare=False)  # text: a parser
+    form_help: str = ""  # what FORM accepts, in words
 
     def __post_init__(self) -> None:
         bad = [c for c in FORBIDDEN_IN_HELP if c in self.help]
@@ -59,6 +61,8 @@ class Param:
         """What values are allowed, in words: for messages and tables."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.form_help:
+            return self.form_help
         if self.kind is bool:
             return "true or false"
         noun = {int: "an integer", float: "a number"}.get(self.kind, "text")
@@ -79,6 +83,11 @@ class Param:
             raise ValueError(f"{self.name}={value!r}: expected {self.allowed()}")
         if self.choices and value not in self.choices:
             raise ValueError(f"{self.name}={value!r}: expected {self.allowed()}")
+        if self.form is not None and isinstance(value, str):
+            try:
+                self.form(value)
+            except ValueError:
+                raise ValueError(f"{self.name}={value!r}: expected {self.allowed()}") from None
         if isinstance(value, int | float) and not isinstance(value, bool):
             if (self.low is not None and value < self.low) or (
                     self.high is not None and value > self.high) or value != value:
@@ -115,6 +124,9 @@ class Param:
         return f"{self.help}{unit}"
 
 
+MONITOR_ROLES = ("pg_read_all_stats", "pg_read_all_settings", "pg_stat_scan_tables")
+
+
 @dataclass(frozen=True)
 class Requires:
     """What a probe needs from the server; unmet, its checks are skipped with the reason."""
@@ -129,8 +141,9 @@ class Requires:
         if self.extension and self.extension not in facts.extensions:
             return f"needs the {self.extension} extension (CREATE EXTENSION {self.extension})"
         if self.privilege and not facts.has_role(self.privilege):
-            return (f"role {facts.current_user} lacks {self.privilege}: "
-                    f"GRANT {self.privilege} TO {facts.current_user}")
+            grant = "pg_monitor" if self.privilege in MONITOR_ROLES else self.privilege
+            return (f"role {facts.current_user} lacks {self.privilege}: GRANT {grant} TO "
+                    f"{facts.current_user}")
         return None
 
 

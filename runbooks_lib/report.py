@@ -261,10 +261,11 @@ def render_html(nb: Any, data: dict[str, Any]) -> str:
     css = status.replace(" ", "-")
     banner = (f'<div class="rb-banner rb-banner-{e(css)}"><b>{e(data["runbook"])}</b> on <code>'
               f'{e(data["target"])}</code>, PostgreSQL '
-              f"{e(str(data.get('server_version') or '?'))}, started {e(data['started_at'])}: "
+              f"{e(str(data.get('server_version') or '(not reached)'))}, started "
+              f"{e(data['started_at'])}: "
               f'status <b class="rb-status-{e(css)}">{e(status)}</b>'
-              + (f" ({len(data.get('skipped', []))} checks skipped: see below)"
-                 if data.get("skipped") else "")
+              + (f" ({len(data['skipped'])} check{'s' if len(data['skipped']) != 1 else ''} "
+                 "skipped: see below)" if data.get("skipped") else "")
               + "".join(f"<br><b>could not run</b> {e(err['step'])}: {e(err['message'])}"
                         for err in data.get("errors", []))
               + "</div>")

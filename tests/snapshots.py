@@ -30,7 +30,7 @@ from runbooks_lib.probes.activity import AGE_BUCKETS, Activity, Slots
 from runbooks_lib.probes.connection import Reach, TargetInfo
 from runbooks_lib.probes.locks import blocking_tree, with_prepared_roots
 from runbooks_lib.probes.plans import Planned
-from runbooks_lib.probes.server_log import ERROR_COLUMNS, LogRead
+from runbooks_lib.probes.server_log import ERROR_COLUMNS, LogRead, read_from
 from runbooks_lib.probes.window import COUNTERS, TABLE_COUNTERS, WRITE_COUNTERS, Window
 from runbooks_lib.sqltext import columns as sql_columns
 from runbooks_lib.sqltext import ident, qualified
@@ -695,8 +695,7 @@ def log_errors(value: Any) -> LogRead:
         exact[r["sqlstate"] or "(none)"] = exact.get(r["sqlstate"] or "(none)", 0) + 1
     scan.errors_by_sqlstate = {str(k): int(v) for k, v in
                                (spec.get("errors_by_sqlstate") or exact).items()}
-    return LogRead(start, scan, pd.DataFrame(list(scan.errors), columns=ERROR_COLUMNS),
-                   statements_logged=logged)
+    return read_from(start, scan, None, logged)
 
 
 def duration_stats(given: Mapping[Any, Any], slow_ms: float) -> logs.Durations:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 CACHE_HIT_WARNING = Param("cache_hit_warning", float, 0.99,
                           "buffer cache hit ratio of the window below this warns", "share", 0, 1)
 CACHE_MIN_BLOCKS = 10000  # fewer block accesses in the window: too few to judge
+# Below 1,000 blocks (8 MB) a second read from outside shared buffers, a low ratio costs little:
+# a busy healthy server warming a page here and there is no incident.
+CACHE_MIN_READ_RATE = 1000
 DEAD_RATIO = Param("dead_tuple_ratio_warning", float, 0.20,
                    "dead share of a table that warns (autovacuum default scale factor)", "share",
                    0.01, 1)
@@ -98,15 +101,19 @@ def cache_hit(window: Window, tables: pd.DataFrame, p: Params) -> list[Finding]:
                         f"Cache hit ratio not judged: {int(h + r)} block accesses in the "
                         f"{window.seconds:.0f} s window (< {CACHE_MIN_BLOCKS})")]
     share = h / (h + r)
+    rate = r / max(window.seconds, 1e-9)
     readers = (tables.assign(hit_ratio=(tables["heap_blks_hit"] / (
         tables["heap_blks_hit"] + tables["heap_blks_read"]).clip(lower=1)).round(4))
         .sort_values("heap_blks_read", ascending=False).head(5))
-    bad = share < warn
+    low = share < warn
+    bad = low and rate >= CACHE_MIN_READ_RATE
     return [Finding(
-        "cache_hit", "warning" if bad else "ok",
+        "cache_hit", "warning" if bad else "info" if low else "ok",
         f"Cache hit ratio {share:.2%} in {window.database} over the last {window.seconds:.0f} s",
-        f"{int(r)} blocks read from disk or the OS cache, {int(h)} found in shared buffers "
-        "during the window (tables, indexes and catalogs)",
+        f"{int(r)} blocks read from disk or the OS cache ({rate:.0f} a second), {int(h)} found "
+        "in shared buffers during the window (tables, indexes and catalogs)"
+        + ("" if bad or not low else f"; below {CACHE_MIN_READ_RATE} blocks read a second the "
+           "low ratio costs little"),
         metric=Metric("cache_hit_ratio", round(share, 5), warn),
         evidence=records(readers[["schema", "table", "heap_blks_read", "heap_blks_hit",
                                   "hit_ratio"]]),
@@ -117,8 +124,9 @@ def cache_hit(window: Window, tables: pd.DataFrame, p: Params) -> list[Finding]:
 register(Check(
     "latency.cache_hit", "Buffer cache hit ratio",
     """The share of block accesses found in shared buffers during the window (not since the
-    last stats reset: a scan hours ago says nothing about now). Below the bound the working
-    set does not fit: raise shared_buffers or stop the scans that read the most.""",
+    last stats reset: a scan hours ago says nothing about now). Below the bound, while more
+    than 1,000 blocks a second are read from outside shared buffers, the working set does not
+    fit: raise shared_buffers or stop the scans that read the most.""",
     cache_hit, probes=("window", "tables"), params=(CACHE_HIT_WARNING,), emits=("cache_hit",)))
 
 

@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .. import present
+from ..errors import SkipStep
 from ..findings import Finding
 from ..probes import catalog as _catalog  # noqa: F401 - registers the tables probe
 from ..probes.plans import ANALYZE, TOP_N, Planned
@@ -57,6 +58,9 @@ def rows_of(tables: pd.DataFrame, schema: str, relname: str) -> float:
 
 def plans(planned: list[Planned], tables: pd.DataFrame, p: Params) -> list[Finding]:
     large = p["large_table_rows"]
+    if planned and all(st.plan is None for st in planned):
+        raise SkipStep(f"none of the {len(planned)} top statements could be planned: "
+                       f"{planned[0].note}")
     found = []
     for st in planned:
         for sc in seq_scans_of(st.plan or {}):

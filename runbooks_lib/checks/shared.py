@@ -51,10 +51,13 @@ def reachability(reach: Reach, p: Params) -> list[Finding | Skipped]:
         if reach.admin != "used":
             out.append(Skipped("admin_target", reach.admin))
         return out
+    cause = reach.cause.replace("_", " ")
+    refused_us = reach.cause in ("authentication", "database_missing", "no_permission")
     return [Finding(
         "reachability", "critical",
-        f"Database unreachable after {len(tries)} attempt(s): {reach.cause.replace('_', ' ')} "
-        f"({reach.host}:{reach.port})",
+        f"Cannot connect: {cause} ({reach.host}:{reach.port}): the server answers but refuses "
+        "this target" if refused_us else
+        f"Database unreachable after {len(tries)} attempt(s): {cause} ({reach.host}:{reach.port})",
         reach.message + network_hint(reach.network),
         metric=Metric("connect_failures", len(tries), p["connect_attempts"]),
         evidence=[*records(tries), *([{k: str(v) for k, v in reach.network.items()}]

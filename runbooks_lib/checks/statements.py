@@ -36,7 +36,8 @@ P95_TARGET = Param("p95_target_ms", float, 200.0, "p95 statement time target", "
 LOCK_SHARE = Param("lock_share_warning", float, 0.5,
                    "warn when this share of active time waits for locks", "share", 0.01, 1)
 SINCE = Param("since", str, "",
-              "log window for durations: empty (the sampling window), 15m, 1h or an ISO time")
+              "log window for durations: empty (the sampling window), 15m, 1h or an ISO time",
+              form=logs.parse_since, form_help="15m, 1h, 1d or an ISO 8601 time")
 N1_CALLS = Param("n_plus_one_min_calls", int, 100,
                  "calls in the window before a per-row statement is an N+1 suspect", "", 1)
 BUSY_SHARE = 0.5  # a dominant statement that keeps half a core busy is a warning
@@ -250,6 +251,9 @@ register(Check(
 # -- load --------------------------------------------------------------------------------------
 
 def load(w: Window, p: Params) -> list[Finding]:
+    if not w.sees_all:
+        raise SkipStep(f"role {w.role} lacks pg_read_all_stats: other roles' sessions show no "
+                       f"state, so the load cannot be measured; GRANT pg_monitor TO {w.role}")
     samples, n = w.samples, max(1, w.n_samples)
     if samples.empty:
         return [Finding("load", "ok", "No active session while sampling",

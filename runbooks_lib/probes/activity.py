@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import queries
-from ..registry import Params, Probe, register_probe
+from ..registry import Params, Probe, Requires, register_probe
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,10 +61,12 @@ def session_stats(rb: Runbook, p: Params) -> pd.DataFrame:
     return s.frame(queries.get("session_stats", s.facts.version_num))
 
 
+# without it other roles' sessions show no backend type or state: counts would be too low
+SEES_ALL = Requires(privilege="pg_read_all_stats")
 ACTIVITY = register_probe(Probe("activity", activity, "pg_stat_activity's client sessions.",
-                                needs=("connection",)))
+                                requires=SEES_ALL, needs=("connection",)))
 SLOTS = register_probe(Probe("slots", slots, "max_connections, reserves and slots in use.",
-                             needs=("connection",)))
+                             requires=SEES_ALL, needs=("connection",)))
 SESSION_STATS = register_probe(Probe("session_stats", session_stats,
                                      "pg_stat_database's session counters (14+).",
                                      needs=("connection",)))

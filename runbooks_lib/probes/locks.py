@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import queries
 from ..registry import Param, Params, Probe, register_probe
+from .activity import SEES_ALL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,8 +108,8 @@ def prepared(rb: Runbook, p: Params) -> pd.DataFrame:
 
 CONNECTED = ("connection",)
 register_probe(Probe("blocking", blocking, "Sessions waiting for locks and their blockers.",
-                     needs=CONNECTED))
+                     requires=SEES_ALL, needs=CONNECTED))
 register_probe(Probe("long_running", long_running, "Long statements and transactions.",
-                     params=(QUERY_WARNING, XACT_WARNING), needs=CONNECTED))
+                     params=(QUERY_WARNING, XACT_WARNING), requires=SEES_ALL, needs=CONNECTED))
 register_probe(Probe("prepared_xacts", prepared, "Prepared (two-phase) transactions.",
                      needs=CONNECTED))

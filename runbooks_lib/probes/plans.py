@@ -66,6 +66,7 @@ def plans(rb: Runbook, p: Params) -> list[Planned]:
     here = delta[delta["current_db"].astype(bool) & delta["query"].str.match(EXPLAINABLE)]
     generic = s.facts.version_num >= 160000
     out = []
+    allowed: dict[str, bool] = {}
     for _, r in here.head(int(p["plans_top_n"])).iterrows():
         text, user = str(r["query"]), str(r["user"])
         base = Planned(str(r["queryid"]), text, user, float(r["mean_ms"]), int(r["calls"]), None)
@@ -80,13 +81,16 @@ def plans(rb: Runbook, p: Params) -> list[Planned]:
         elif p["explain_analyze"] and text.lstrip().lower().startswith(
                 ("select", "with", "values", "table")):
             opts.append("ANALYZE")
-        try:
-            out.append(replace(base, plan=explain(s, text, user, opts)))
-        except psycopg.errors.InsufficientPrivilege as exc:
+        if user not in allowed:
+            allowed[user] = s.facts.is_superuser or user == s.facts.current_user or bool(
+                s.row(queries.get("may_set_role", s.facts.version_num), {"role": user})["allowed"])
+        if not allowed[user]:
             out.append(replace(base, note=(
                 f"not planned: planning runs its functions, so it is planned only as its owner "
-                f"{user}, and role {s.facts.current_user} may not SET ROLE {user} "
-                f"({exc.diag.message_primary})")))
+                f"{user}, and role {s.facts.current_user} may not SET ROLE {user}")))
+            continue
+        try:
+            out.append(replace(base, plan=explain(s, text, user, opts)))
         except psycopg.Error as exc:
             out.append(replace(base, note=f"not planned: {exc.diag.message_primary}"))
     return out

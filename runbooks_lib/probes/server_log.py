@@ -5,7 +5,7 @@ empty one: the checks turn it into a warning that says why and how to fix it."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import logs
@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
     from ..runbook import Runbook
 
-SINCE = Param("since", str, "1h", "log window: 15m, 1h, 1d or an ISO time")
+SINCE = Param("since", str, "1h", "log window: 15m, 1h, 1d or an ISO time",
+              form=logs.parse_since, form_help="15m, 1h, 1d or an ISO 8601 time")
 MAX_MB = Param("log_max_mb", float, 50.0,
                "with log_source auto, read at most the last this many MB", "MB", 0.01, 100_000)
+OUR_APPLICATIONS = "runbooks/"  # our own sessions' errors are not the application's
 ERROR_COLUMNS = ["time", "log_time", "user", "database", "application", "severity", "sqlstate",
                  "message", "detail", "context", "query"]
 
@@ -34,13 +36,23 @@ class LogRead:
     errors: pd.DataFrame
     unreadable: SkipStep | None = None
     statements_logged: str = ""  # log_min_error_statement when failing statements are not logged
+    counts: dict[str, int] = field(default_factory=dict)  # exact, by SQLSTATE, of `errors`' kind
+    problems: tuple[str, ...] = ()  # why the read may be blind (logs.setup_problems)
 
     def require(self) -> logs.Scan:
+        """The scan, when the log was read; SkipStep otherwise."""
         if self.scan is None:
             reason = str(self.unreadable)
             raise SkipStep(reason if reason.startswith("the server log was not read") else
                            f"the server log was not read: {reason}")
         return self.scan
+
+    def none_found(self, what: str) -> None:
+        """Nothing of WHAT was found: fine when the log can be trusted, otherwise SkipStep (a
+        log read with the wrong prefix finds nothing, and that is no evidence of health)."""
+        if self.problems:
+            raise SkipStep(f"no {what} found, but the log cannot be trusted, so this is no "
+                           f"evidence: {self.problems[0]}")
 
 
 def read(rb: Runbook, p: Params) -> LogRead:
@@ -60,8 +72,26 @@ def read(rb: Runbook, p: Params) -> LogRead:
                                 int(p["log_max_mb"] * 2**20), durations=False)
     except SkipStep as exc:
         return LogRead(start, None, empty, exc, setting)
-    return LogRead(start, scan, pd.DataFrame(list(scan.errors), columns=ERROR_COLUMNS),
-                   statements_logged=setting)
+    return read_from(start, scan, session.facts.database if session else None, setting)
+
+
+def read_from(start: dt.datetime, scan: logs.Scan, database: str | None,
+              statements_logged: str = "") -> LogRead:
+    """The scan's errors as the checks read them: without our own sessions' errors (a refused
+    diagnostic query is no application error) and, when the database is known, without other
+    databases' errors; the exact counts by SQLSTATE reduced to match."""
+    import pandas as pd
+
+    errors = pd.DataFrame(list(scan.errors), columns=ERROR_COLUMNS)
+    drop = errors["application"].fillna("").str.startswith(OUR_APPLICATIONS)
+    if database is not None:
+        drop |= errors["database"].fillna("").ne("") & errors["database"].ne(database)
+    counts = dict(scan.errors_by_sqlstate)
+    for code, n in errors.loc[drop, "sqlstate"].fillna("").replace("", "(none)") \
+            .value_counts().items():
+        counts[str(code)] = max(0, counts.get(str(code), 0) - int(n))
+    return LogRead(start, scan, errors[~drop].reset_index(drop=True), None, statements_logged,
+                   {c: n for c, n in counts.items() if n}, tuple(logs.setup_problems(scan)))
 
 
 register_probe(Probe("log_errors", read, __doc__ or "",

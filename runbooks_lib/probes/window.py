@@ -38,8 +38,11 @@ LARGE_TABLE_ROWS = Param("large_table_rows", int, 10000,
 
 def statements(s: Session, showtext: bool = True) -> pd.DataFrame:
     if "pg_stat_statements" not in s.facts.extensions:
-        raise SkipStep("pg_stat_statements is not installed in this database: add it to "
-                       "shared_preload_libraries, restart, then CREATE EXTENSION pg_stat_statements")
+        loaded = "pg_stat_statements" in s.facts.settings.get("shared_preload_libraries", "")
+        raise SkipStep(f"pg_stat_statements is not installed in database {s.facts.database}: "
+                       + ("CREATE EXTENSION pg_stat_statements;" if loaded else
+                          "add it to shared_preload_libraries, restart, then CREATE EXTENSION "
+                          "pg_stat_statements;"))
     try:
         df = s.frame(queries.get("statements", s.facts.version_num), {"showtext": showtext})
     except psycopg.errors.ObjectNotInPrerequisiteState:
@@ -118,6 +121,8 @@ class Window:
     scans: pd.DataFrame  # relid, *_window for large tables
     blocks: dict[str, Any]  # blks_hit / blks_read of the window, stats_reset
     writes: pd.DataFrame  # relid, *_window for tables behind unindexed foreign keys
+    sees_all: bool = True  # False: other roles' sessions are invisible to the samples
+    role: str = ""
 
     @cached_property
     def delta(self) -> pd.DataFrame:
@@ -171,7 +176,8 @@ def fetch(rb: Runbook, p: Params) -> Window:
                 "blks_read": int(blocks1["blks_read"] or 0) - int(blocks0["blks_read"] or 0),
                 "stats_reset": blocks1["stats_reset"]},
         writes=counter_delta(writes0, s.frame(writes_sql, {"relids": relids}), "relid",
-                             WRITE_COUNTERS))
+                             WRITE_COUNTERS),
+        sees_all=s.facts.sees_all_sessions, role=s.facts.current_user)
 
 
 WINDOW = register_probe(Probe(
