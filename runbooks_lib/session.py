@@ -39,6 +39,9 @@ class Timeouts:
 
 # (cause, needles in the libpq/server message, SQLSTATEs, what to check next)
 _CAUSES: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
+    ("configuration", ("definition of service", "service file", "invalid connection option",
+                       "invalid uri query parameter", "missing \"=\" after"), (),
+     "the target itself is wrong: check the service name in pg_service.conf or the DSN"),
     ("too_many_clients", ("too many clients", "remaining connection slots are reserved"),
      ("53300",), "connection slots are exhausted: find who holds them (admin_target) and "
      "terminate idle or leaked sessions, or lower the application's pool size"),

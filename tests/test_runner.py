@@ -308,3 +308,13 @@ def test_reports_are_no_more_readable_than_the_umask_allows(quiet: Sandbox,
     for path in (tmp_path / "out").iterdir():
         if path.is_file():
             assert path.stat().st_mode & 0o077 == 0, f"{path.name} readable by others"
+
+
+def test_a_missing_service_is_a_configuration_error_not_a_down_server(tmp_path: Path) -> None:
+    proc = run_cli("run", "connectivity", "--out", str(tmp_path), "--target", "service:nosuch")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    data = outputs(tmp_path)
+    assert data["status"] == "could not run" and not findings_of(data, "reachability")
+    (err,) = data["errors"]
+    assert 'definition of service "nosuch" not found' in err["message"]
+    assert "pg_service.conf" in err["message"]

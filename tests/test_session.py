@@ -53,6 +53,7 @@ def test_too_many_clients(quiet: Sandbox) -> None:
     ("FATAL:  the database system is shutting down", "shutting_down"),
     ("connection to server failed: No route to host", "unreachable"),
     ("something new", "unknown"),
+    ('connection is bad: definition of service "nosuch" not found', "configuration"),
 ])
 def test_classify_by_message(message: str, cause: str) -> None:
     assert classify_connect_error(psycopg.OperationalError(message))[0] == cause

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import present
+from ..errors import TargetError
 from ..findings import Finding, Metric, Skipped, records
 from ..params import CONNECT_ATTEMPTS, CONNECT_WARNING
 from ..probes import activity as _activity  # noqa: F401 - registers the activity probes
@@ -51,6 +52,8 @@ def reachability(reach: Reach, p: Params) -> list[Finding | Skipped]:
         if reach.admin != "used":
             out.append(Skipped("admin_target", reach.admin))
         return out
+    if reach.cause == "configuration":  # no server was asked: the runbook could not run
+        raise TargetError(reach.message)
     cause = reach.cause.replace("_", " ")
     refused_us = reach.cause in ("authentication", "database_missing", "no_permission")
     return [Finding(
