@@ -93,7 +93,9 @@ def main(out: Path | None = None, bin_dir: str | None = None) -> int:
     rows = demo_data.load(sb.url("app"))
     print(f"PostgreSQL {sb.major} on 127.0.0.1:{sb.port}; demo app loaded "
           f"({rows['users']} users, {rows['posts']} posts, {rows['comments']} comments)")
-    app, app_url = sb.url("app"), sb.url("app", connection_limit="5", pool_timeout="60")
+    # the app makes the incidents; the runbooks look as the sandbox's superuser, which sees every
+    # session and plans statements as their owner (SET ROLE); the pool size is the app's
+    app, app_url = sb.url("app"), sb.url("postgres", connection_limit="5", pool_timeout="60")
     print("injecting: FK and unique violations, statement timeouts, a division by zero, a "
           "deadlock and a serialization failure (they land in the server log)", flush=True)
     incidents.failing_statements(app, times=3)
@@ -117,7 +119,7 @@ def main(out: Path | None = None, bin_dir: str | None = None) -> int:
         stack.enter_context(incidents.dead_tuples(app, "comment_likes"))
         stack.enter_context(incidents.workload(app, incidents.account_deletions, APP))
         time.sleep(2.5)  # let the incidents age past the demo's thresholds
-        # the app role may not read server files: the demo reads the sandbox's csvlog itself
+        # the sandbox's csvlog files, read whole (auto would read them through SQL)
         params = {**PARAMS, "log_source": str(sb.log_dir / "*.csv")}
         code, summary = report.run(list(registry.runbooks()), app_url, out, params)
     for rb in summary["runbooks"]:

@@ -52,7 +52,7 @@ STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted
 IN_TRANSACTION = ("active", "idle in transaction", "idle in transaction (aborted)",
                   "fastpath function call")
 # ConnectError.cause: the causes runbooks_lib.session classifies, and its fallback
-CAUSES = ("too_many_clients", "authentication", "database_missing", "no_permission",
+CAUSES = ("configuration", "too_many_clients", "authentication", "database_missing", "no_permission",
           "starting_up", "shutting_down", "dns", "refused", "tls", "timeout", "unreachable",
           "unknown")
 SESSION_STATS_COLUMNS = ("database", "sessions", "sessions_abandoned", "sessions_fatal",

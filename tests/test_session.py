@@ -71,7 +71,7 @@ def test_every_query_file_runs_on_the_sandbox(sandbox: Sandbox) -> None:
     that every rung of each version ladder ran on some version."""
     params = {"application": "x", "older_than_s": 1.0, "dry_run": True, "pids": [],
               "query_s": 60, "xact_s": 3600, "mode": "cancel", "oids": [],
-              "min_rows": 0, "min_bytes": 0, "showtext": True, "names": [], "relids": []}
+              "min_rows": 0, "min_bytes": 0, "showtext": True, "names": [], "relids": [], "role": "app"}
     ran: list[str] = []
     skipped: dict[str, str] = {}
     with Session(resolve(sandbox.url("monitor"))) as s:
