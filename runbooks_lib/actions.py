@@ -19,15 +19,17 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from . import present, queries
 from .errors import ActionRefused, RunbookError
 from .findings import Finding, jsonable, records
-from .runbook import Runbook, default_audit_log
 from .session import Session
+
+if TYPE_CHECKING:
+    from .runbook import Runbook
 
 
 @dataclass
@@ -41,6 +43,15 @@ class Plan:
     sql: str
     params: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # what the plan leaves out, and why
+
+
+def default_audit_log() -> Path:
+    """Where actions are recorded unless a parameter says otherwise."""
+    env = os.environ.get("RUNBOOKS_AUDIT_LOG")
+    if env:
+        return Path(env)
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return state / "pg-runbooks" / "audit.jsonl"
 
 
 def audit(rb: Runbook, plan: Plan, decision: str, result: Any = None) -> dict[str, Any]:

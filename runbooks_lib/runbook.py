@@ -10,7 +10,6 @@ in the findings JSON under ``skipped`` or ``errors``, and no traceback reaches t
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -299,12 +298,3 @@ class Runbook:
                           f"{counts['info']} info, {len(self.report.skipped)} skipped, "
                           f"{len(self.report.errors)} errors)")
         return data
-
-
-def default_audit_log() -> Path:
-    """Where actions are recorded unless a parameter says otherwise."""
-    env = os.environ.get("RUNBOOKS_AUDIT_LOG")
-    if env:
-        return Path(env)
-    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-    return state / "pg-runbooks" / "audit.jsonl"
