@@ -273,6 +273,7 @@ def test_cache_hit_ratio_drops_with_disk_reads(quiet: Sandbox,
     assert blocks["blks_hit"] + blocks["blks_read"] >= 10000
 
 
+@pytest.mark.pg(">= 15")  # before 15 earlier tests' block counts may arrive during the window
 def test_cache_hit_ratio_not_judged_on_a_quiet_window(
         quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
     """Lifetime counters are not judged: a window with few block accesses says nothing."""
