@@ -109,7 +109,7 @@ def own() -> Iterator[Sandbox]:
 def test_every_prefix_escape_and_its_values(own: Sandbox) -> None:
     """Query ids are signed (about half are negative), non-session processes leave %u %d %r %h
     %i %v empty, padding adds spaces: every line the server writes must still match."""
-    with logging(own, log_line_prefix=ALL_ESCAPES, compute_query_id="on",
+    with logging(own, log_line_prefix=ALL_ESCAPES, compute_query_id="on", log_checkpoints="on",
                  log_min_duration_statement="0") as files:
         since = dt.datetime.now(dt.UTC)
         raised = _errors(own)
