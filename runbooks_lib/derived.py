@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import registry
 
@@ -32,10 +31,6 @@ def expected_code(spec: registry.RunbookSpec) -> list[str]:
     """The code cells of SPEC's notebook, in order."""
     return [registry.parameters_cell(spec), start_cell(spec.name),
             *(step_cell(s.key) for s in spec.steps), VERDICT]
-
-
-def code_of(nb: Any) -> list[str]:
-    return [c.source for c in nb.cells if c.cell_type == "code"]
 
 
 def sync(path: Path) -> bool:

@@ -322,6 +322,7 @@ def list_text() -> str:
     for name in runbooks():
         spec = runbook(name)
         lines.append(f"{name}: {spec.title}")
+        lines.append(f"  when: {spec.when}")
         lines.append(f"  steps: {', '.join(s.key for s in spec.steps)}")
         for p in parameters(spec):
             lines.append(f"    {p.name} ({p.type_name}) = {p.default!r}: {p.comment()}; "
