@@ -51,6 +51,7 @@ def available() -> dict[str, Path]:
 def kernel_manager_class() -> type:
     """Kernels over IPC (Unix sockets in a private directory): no "running over TCP without
     encryption" warning per run, and no port collisions between kernels started at once."""
+    import subprocess
     import tempfile
 
     from jupyter_client.manager import AsyncKernelManager
@@ -62,6 +63,13 @@ def kernel_manager_class() -> type:
         @default("ip")
         def _ip_default(self) -> str:
             return str(Path(tempfile.mkdtemp(prefix="runbooks-kernel-")) / "k")
+
+        async def _launch_kernel(  # type: ignore[override]  # async in AsyncKernelManager
+                self, kernel_cmd: list[str], **kw: Any) -> None:
+            # the kernel's own stderr is no result: cell errors come back through the protocol,
+            # and libzmq can print an assertion while a finished kernel is torn down
+            kw.setdefault("stderr", subprocess.DEVNULL)
+            await AsyncKernelManager._launch_kernel(self, kernel_cmd, **kw)
 
     return IPCKernelManager
 
