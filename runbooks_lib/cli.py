@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -101,6 +102,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(out=Path(args.out) if args.out else None, bin_dir=args.bindir)
 
 
+def cmd_backup_key(args: argparse.Namespace) -> int:
+    """A new backup keyset, written to a file only its owner may read (never printed when a
+    file is given: a terminal's scrollback is not a key store)."""
+    from .drill import keys
+
+    text = keys.generate()
+    if not args.out:
+        print(text)
+        return 0
+    path = Path(args.out)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    print(f"new backup keyset in {path} (mode 600): give it as encryption_key_file, or its "
+          "content in RUNBOOKS_BACKUP_KEY; keep a copy away from the backups")
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """Bad arguments exit 64 (EX_USAGE), never 2: 2 means critical to a scheduler."""
 
@@ -140,6 +162,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--role", default="app", choices=["app", "monitor", "postgres"])
     s.add_argument("--database", default="cosnap")
     s.set_defaults(fn=cmd_sandbox)
+
+    k = sub.add_parser("backup-key", help="a new encryption keyset for the restore drill's backups")
+    k.add_argument("--out", help="write it to this new file (mode 600) instead of stdout")
+    k.set_defaults(fn=cmd_backup_key)
 
     d = sub.add_parser("demo", help="sandbox + demo data + injected incidents + every runbook")
     d.add_argument("--out", help="output directory (default reports/demo-<UTC timestamp>/)")

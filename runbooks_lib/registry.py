@@ -216,7 +216,7 @@ class RunbookSpec:
 PROBES: dict[str, Probe] = {}
 CHECKS: dict[str, Check] = {}
 RUNBOOKS: dict[str, RunbookSpec] = {}
-RUNBOOK_MODULES = ("connectivity", "latency", "transaction_failures")
+RUNBOOK_MODULES = ("connectivity", "latency", "transaction_failures", "restore_drill")
 
 
 def register_probe(probe: Probe) -> Probe:

@@ -153,6 +153,10 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     declared = {p.name for p in registry.parameters(registry.runbook(name))}
     given = {k: v for k, v in params.items() if k in declared}
     given["findings_path"] = str(findings_path)
+    if "drill_timeout_minutes" in declared:  # a drill's long phases have their own limit
+        drill = registry.parameter("drill_timeout_minutes")
+        timeout_s = max(timeout_s, int(float(given.get("drill_timeout_minutes",
+                                                       drill.default)) * 60) + 120)
     failure: StepError | None = None
     try:
         papermill.execute_notebook(str(path), str(nb_out), parameters=given, kernel_name="python3",

@@ -22,7 +22,7 @@ from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox import incidents
 from runbooks_lib.sandbox.server import Sandbox, free_port
 
-from .conftest import by_check, findings_of, run_cli
+from .conftest import by_check, drill_args, findings_of, run_cli
 
 EVIL = """
 CREATE OR REPLACE FUNCTION public.shout() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
@@ -227,15 +227,16 @@ def test_a_busy_healthy_server_gives_no_warning(quiet: Sandbox, tmp_path: Path) 
     try:
         time.sleep(3)
         proc = run_cli("run", "--all", "--out", str(tmp_path), "-p", "sample_seconds=5",
-                       "-p", f"since={since}", env={"DATABASE_URL": quiet.url("postgres", "bench")},
-                       timeout=240)
+                       "-p", f"since={since}", *drill_args(quiet, tmp_path),
+                       env={"DATABASE_URL": quiet.url("postgres", "bench"),
+                            "RUNBOOKS_DRILL_DIR": str(tmp_path / "drills")}, timeout=300)
     finally:
         load.terminate()
         load.wait(timeout=30)
         with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
             c.execute("DROP DATABASE IF EXISTS bench WITH (FORCE)")
     loud = []
-    for name in ("connectivity", "latency", "transaction_failures"):
+    for name in ("connectivity", "latency", "transaction_failures", "restore_drill"):
         data = json.loads((tmp_path / f"{name}.findings.json").read_text())
         loud += [(name, f["check"], f["title"]) for f in data["findings"]
                  if f["severity"] in ("warning", "critical")]

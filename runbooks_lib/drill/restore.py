@@ -1,0 +1,213 @@
+"""Restores into scratch databases the drill creates itself, and the log that lets it drop
+exactly those (and nothing else) afterwards.
+
+The restore server is a libpq target or ``sandbox`` (the embedded server, started if needed).
+It may never be the source database: the same server (by system identifier) and the same
+database name are refused before anything is created. pg_restore runs once per section
+(pre-data, data, post-data), so each phase is timed on its own and progress is one line per
+phase; ``--no-owner --no-privileges`` because the source's roles need not exist on the restore
+server (owners and grants are not what a drill proves).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ..errors import DrillError
+from ..target import mask_text, resolve
+from . import tools
+
+SANDBOX = "sandbox"
+SECTIONS = ("pre-data", "data", "post-data")
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where scratch databases are created: an admin conninfo (secret) and how to show it."""
+
+    conninfo: str = field(repr=False)
+    shown: str
+    sandbox: bool = False
+    bindir: str | None = None  # the sandbox's own programs
+
+    def url(self, database: str) -> str:
+        """This server's conninfo with DATABASE instead (secret: never shown)."""
+        return psycopg.conninfo.make_conninfo(self.conninfo, dbname=database)
+
+
+def restore_server(spec: str, say: Say) -> Server:
+    """The restore server named by SPEC: ``sandbox`` (started if needed) or a target."""
+    value = spec.strip()
+    if value.startswith("env:") and os.environ.get(value[4:], "").strip() == SANDBOX:
+        value = SANDBOX
+    if value == SANDBOX:
+        from ..sandbox import server
+
+        sb, running = server.status()
+        if sb is None or not running:  # started if needed; a running one is used as it is
+            say("restore: starting the embedded sandbox server")
+            sb = server.start(say=say)
+        return Server(sb.url("postgres", "postgres"), f"sandbox (127.0.0.1:{sb.port})", True,
+                      sb.bindir)
+    target = resolve(value)
+    return Server(target.conninfo, target.masked())
+
+
+def identity(conninfo: str) -> tuple[str, str]:
+    """(system identifier, database) of the server CONNINFO reaches."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
+            row = conn.execute("SELECT (SELECT system_identifier::text FROM pg_control_system()),"
+                               " current_database()").fetchone()
+    except psycopg.Error as exc:
+        raise DrillError(f"cannot reach the server: {mask_text(str(exc).strip())}") from None
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+def refuse_source(source_conninfo: str, server: Server, scratch: str) -> bool:
+    """DrillError when the restore target is the source database (same server by system
+    identifier, same database) or SCRATCH would be; True when the restore server is the
+    source's own server (a cost worth saying, not a refusal)."""
+    src_id, src_db = identity(source_conninfo)
+    dst_id, dst_db = identity(server.conninfo)
+    if src_id != dst_id:
+        return False
+    if dst_db == src_db:
+        raise DrillError(f"restore_target is the source database {src_db} itself: a drill never "
+                         "restores into the source; name another server, or a maintenance "
+                         "database such as postgres on it")
+    if scratch == src_db:
+        raise DrillError(f"scratch database {scratch} is the source database: choose another "
+                         "scratch_name")
+    return True
+
+
+def scratch_name(given: str, now: dt.datetime | None = None) -> str:
+    """GIVEN, or ``drill_<UTC timestamp>``."""
+    t = now or dt.datetime.now(dt.UTC)
+    return given or f"drill_{t:%Y%m%d_%H%M%S}"
+
+
+class DrillLog:
+    """The drill's own record (JSONL) of everything it created: clean-up drops only these."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def record(self, event: str, kind: str, name: str, where: str = "") -> None:
+        line = {"ts": dt.datetime.now(dt.UTC).isoformat(), "event": event, "kind": kind,
+                "name": name, "where": where}
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    def entries(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+
+    def live(self, kind: str) -> list[str]:
+        """Names of KIND created and not yet removed, in creation order."""
+        out: list[str] = []
+        for e in self.entries():
+            if e["kind"] != kind:
+                continue
+            if e["event"] == "created" and e["name"] not in out:
+                out.append(e["name"])
+            elif e["event"] == "removed" and e["name"] in out:
+                out.remove(e["name"])
+        return out
+
+
+@contextmanager
+def admin(server: Server) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    try:
+        conn = psycopg.connect(server.conninfo, connect_timeout=10, autocommit=True,
+                               application_name="runbooks/restore_drill")
+    except psycopg.Error as exc:
+        raise DrillError(f"cannot connect to the restore server {server.shown}: "
+                         f"{mask_text(str(exc).strip())}") from None
+    with conn:
+        yield conn
+
+
+def create_scratch(server: Server, name: str, log: DrillLog) -> None:
+    """CREATE DATABASE NAME on SERVER; an existing database of that name is refused."""
+    with admin(server) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            raise DrillError(f"database {name} already exists on {server.shown}: the drill only "
+                             "restores into a database it creates; choose another scratch_name")
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+                sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise DrillError(f"cannot create the scratch database {name} on {server.shown}: "
+                             f"{mask_text(str(exc).strip())} (the role needs CREATEDB)") from None
+    log.record("created", "database", name, server.shown)
+
+
+def drop_scratch(server: Server, name: str, log: DrillLog) -> None:
+    """Drop a database this drill's log says it created (anything else is refused)."""
+    if name not in log.live("database"):
+        raise DrillError(f"database {name} was not created by this drill: not dropped")
+    with admin(server) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+    log.record("removed", "database", name, server.shown)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+    warnings: tuple[str, ...] = ()  # pg_restore's errors it went on past, masked
+
+
+def restore(dump_dir: Path, server: Server, database: str, *, jobs: int = 2,
+            tables: tuple[str, ...] = (), sections: tuple[str, ...] = SECTIONS,
+            bindir: str | None = None, timeout: float = 3600, say: Say = print) -> list[Phase]:
+    """pg_restore DUMP_DIR into DATABASE, one run per section; TABLES (schema-qualified
+    ``schema.name``) limits the data section to those tables. An error pg_restore goes on
+    past ("errors ignored on restore") is kept in the phase's warnings, not raised: the
+    verification then says what is missing."""
+    program = tools.find("pg_restore", bindir or server.bindir)
+    deadline = time.monotonic() + timeout
+    phases: list[Phase] = []
+    for section in sections:
+        args: list[str | Path] = [program, "--no-owner", "--no-privileges", f"--section={section}",
+                                  "-d", "{conninfo}"]
+        if section != "pre-data" and jobs > 1:
+            args += ["-j", str(jobs)]
+        if tables and section == "data":
+            for t in tables:
+                schema, _, name = t.rpartition(".")
+                args += ["-n", schema or "public", "-t", name]
+        args.append(dump_dir)
+        started = time.monotonic()
+        try:
+            tools.run(args, conninfo=server.url(database),
+                      timeout=max(1.0, deadline - time.monotonic()))
+            warnings: tuple[str, ...] = ()
+        except DrillError as exc:
+            if "errors ignored on restore" not in str(exc):
+                raise
+            warnings = tuple(line.strip() for line in str(exc).splitlines()
+                             if "error:" in line)[:20]
+        phases.append(Phase(section, time.monotonic() - started, warnings))
+        say(f"restore: {section} in {phases[-1].seconds:.1f} s"
+            + (f" ({len(warnings)} errors ignored)" if warnings else ""))
+    return phases

@@ -1,0 +1,508 @@
+"""The restore drill's probes: each phase does its work once and returns what it measured.
+
+Unlike the other runbooks' probes these do more than read: they write a backup, create a
+scratch database and restore into it. None of them writes to the source database, except the
+point-in-time drill's two marker rows in a table it creates and drops (`pitr=false` turns the
+drill off). A phase that fails keeps its error in its snapshot (a failed backup is a finding,
+not a crash) and the phases after it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from .. import present
+from ..drill import archive, fingerprint, inventory, keys, pitr, restore, tools
+from ..errors import DrillError, RunbookError, SkipStep
+from ..registry import Param, Params, Probe, register_probe
+from ..target import mask_text
+
+if TYPE_CHECKING:
+    from ..runbook import Runbook
+
+BACKUP_DIR = Param("backup_dir", str, "",
+                   "directory of backup sets; empty means RUNBOOKS_BACKUP_DIR or the state directory")
+TAKE_BACKUP = Param("take_backup", bool, True,
+                    "take a new backup of the target first and restore that one")
+BACKUP_SET = Param("backup_set", str, "latest",
+                   "set restored when no backup is taken: latest or a set name")
+BACKUP_KIND = Param("backup_kind", str, "daily", "kind recorded for a new backup", "",
+                    choices=("full", "daily", "monthly"))
+KEY_ENV = Param("encryption_key_env", str, "RUNBOOKS_BACKUP_KEY",
+                "environment variable holding the tink keyset (its name, never the key)")
+KEY_FILE = Param("encryption_key_file", str, "", "or a keyset file only its owner may read")
+LEGACY_ENV = Param("legacy_passphrase_env", str, "BACKUP_ENCRYPTION_KEY",
+                   "variable holding the passphrase of openssl enc backups")
+JOBS = Param("jobs", int, 2, "parallel pg_dump and pg_restore jobs", "", 1, 64)
+COMPRESS = Param("compress_level", int, 6, "gzip level of a new backup", "", 0, 9)
+RESTORE_TARGET = Param("restore_target", str, "sandbox",
+                       "server for the scratch database: sandbox (embedded) or a target")
+SCRATCH = Param("scratch_name", str, "", "scratch database; empty means drill_ and the UTC time")
+KEEP = Param("keep_scratch", bool, False, "keep the scratch databases for inspection")
+TABLE = Param("table", str, "", "table of the one-table restore; empty means the largest")
+CHUNK = Param("verify_chunk_rows", int, 50_000, "rows hashed per query", "", 1000, 10_000_000)
+HEAPALLINDEXED = Param("heapallindexed", bool, True,
+                       "pg_amcheck also checks every heap tuple is in its indexes")
+PITR = Param("pitr", bool, True, "point-in-time recovery drill (two marker rows in a table "
+             "it creates on the target, then drops)")
+BINDIR = Param("bindir", str, "", "PostgreSQL programs; empty means the embedded server's")
+TIMEOUT = Param("drill_timeout_minutes", float, 60.0, "time limit of the whole drill", "min",
+                1, 1440)
+FULL_EVERY = Param("full_every_days", int, 7, "a full backup is due this often", "days", 1, 366)
+FULL_KEEP = Param("full_keep_days", int, 30, "full backups are kept this long", "days", 1, 3660)
+DAILY_KEEP = Param("daily_keep_days", int, 7, "daily backups are kept this long", "days", 1, 3660)
+MONTHLY_KEEP = Param("monthly_keep_days", int, 365, "monthly archives are kept this long", "days",
+                     1, 36600)
+
+
+def _state_dir(env: str, leaf: str) -> Path:
+    given = os.environ.get(env)
+    if given:
+        return Path(given)
+    if os.geteuid() == 0:  # the sandbox's system user must reach PITR files: not under /root
+        return Path("/var/lib/pg-runbooks") / leaf
+    home = Path.home() / ".local" / ("share" if leaf == "backups" else "state")
+    base = Path(os.environ.get("XDG_DATA_HOME" if leaf == "backups" else "XDG_STATE_HOME", home))
+    return base / "pg-runbooks" / leaf
+
+
+def default_backup_dir() -> Path:
+    return _state_dir("RUNBOOKS_BACKUP_DIR", "backups")
+
+
+def default_drill_dir() -> Path:
+    return _state_dir("RUNBOOKS_DRILL_DIR", "drills")
+
+
+def _say(text: str) -> None:
+    present.show_text(text)
+
+
+# -- the plan: where the drill restores, refused before anything is created ------------------
+
+@dataclass
+class Plan:
+    source: str = field(repr=False)  # the source's conninfo (secret)
+    source_db: str
+    source_bytes: int
+    started: float
+    deadline: float
+    backup_dir: Path
+    workdir: Path
+    log: restore.DrillLog
+    scratch: str
+    server: restore.Server | None = None
+    same_server: bool = False
+    refused: str = ""
+    key: Any = None  # keys.Key
+    key_problem: str = ""
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise SkipStep("drill_timeout_minutes reached: later phases not run")
+        return left
+
+
+def plan(rb: Runbook, p: Params) -> Plan:
+    if rb.target is None:
+        raise SkipStep("no target")
+    s = rb.session
+    size = int(s.row("SELECT pg_database_size(current_database()) AS b")["b"])
+    scratch = restore.scratch_name(str(p["scratch_name"]))
+    workdir = default_drill_dir() / scratch
+    started = time.monotonic()
+    pl = Plan(rb.target.conninfo, s.facts.database, size, started,
+              started + float(p["drill_timeout_minutes"]) * 60,
+              Path(str(p["backup_dir"])) if p["backup_dir"] else default_backup_dir(),
+              workdir, restore.DrillLog(workdir / "drill.jsonl"), scratch)
+    try:
+        pl.key = keys.load(str(p["encryption_key_env"]), str(p["encryption_key_file"]))
+    except DrillError as exc:
+        pl.key_problem = str(exc)
+    try:
+        pl.server = restore.restore_server(str(p["restore_target"]), _say)
+        pl.same_server = restore.refuse_source(pl.source, pl.server, scratch)
+        with restore.admin(pl.server) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (scratch,)).fetchone():
+                raise DrillError(f"database {scratch} already exists on {pl.server.shown}: the "
+                                 "drill only restores into a database it creates; choose "
+                                 "another scratch_name")
+    except RunbookError as exc:
+        pl.refused = rb.mask(str(exc))
+    return pl
+
+
+register_probe(Probe("drill_plan", plan, "Where the drill restores; refusals before any change.",
+                     params=(RESTORE_TARGET, SCRATCH, BACKUP_DIR, KEY_ENV, KEY_FILE, TIMEOUT),
+                     needs=("connection",)))
+
+
+# -- inventory: what the backup directory holds, WAL archiving, pgBackRest -------------------
+
+@dataclass(frozen=True)
+class Listing:
+    backup_dir: str
+    sets: list[Any]
+    inventory: Any  # inventory.Inventory
+    now: dt.datetime
+
+
+def listing(rb: Runbook, p: Params) -> Listing:
+    bdir = Path(str(p["backup_dir"])) if p["backup_dir"] else default_backup_dir()
+    found = archive.sets(bdir) if bdir.is_dir() else []
+    policy = inventory.Policy(int(p["full_every_days"]), int(p["full_keep_days"]),
+                              int(p["daily_keep_days"]), int(p["monthly_keep_days"]))
+    now = dt.datetime.now(dt.UTC)
+    return Listing(str(bdir), found, inventory.inventory(found, policy, now), now)
+
+
+register_probe(Probe("backup_listing", listing, "The backup sets of backup_dir, against policy.",
+                     params=(BACKUP_DIR, FULL_EVERY, FULL_KEEP, DAILY_KEEP, MONTHLY_KEEP)))
+
+
+def archiver(rb: Runbook, p: Params) -> dict[str, Any]:
+    return rb.session.row(
+        "SELECT current_setting('archive_mode') AS archive_mode, "
+        "current_setting('archive_command') AS archive_command, a.archived_count, "
+        "a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, "
+        "a.last_failed_time, a.stats_reset, now() AS now FROM pg_stat_archiver a")
+
+
+register_probe(Probe("archiver", archiver, "pg_stat_archiver and the archiving settings.",
+                     needs=("connection",)))
+
+
+def pgbackrest_info(rb: Runbook, p: Params) -> Any:
+    import json
+
+    program = shutil.which("pgbackrest")
+    if program is None:
+        raise SkipStep("pgbackrest is not installed here")
+    try:
+        out = tools.run([program, "info", "--output=json"], timeout=60).stdout
+    except DrillError as exc:
+        raise SkipStep(f"pgbackrest info failed: {rb.mask(str(exc))}") from None
+    data = json.loads(out or "[]")
+    if not data:
+        raise SkipStep("pgbackrest is installed but no stanza is configured")
+    return data
+
+
+register_probe(Probe("pgbackrest_info", pgbackrest_info, "pgbackrest info --output=json."))
+
+
+# -- the backup, with the source's fingerprint in the snapshot pg_dump used ------------------
+
+@dataclass
+class Taken:
+    set_dir: Path | None = None
+    backup: Any = None  # archive.BackupSet
+    source_print: Any = None  # fingerprint.Fingerprint of the source, in the dump's snapshot
+    seconds: float = 0.0
+    print_seconds: float = 0.0
+    error: str = ""
+    requested: bool = True
+    legacy: bool = False
+
+
+def _source_conn(pl: Plan) -> psycopg.Connection[tuple[object, ...]]:
+    conn = psycopg.connect(pl.source, connect_timeout=10, application_name="runbooks/restore_drill",
+                           options="-c default_transaction_read_only=on -c lock_timeout=1000 "
+                                   "-c idle_in_transaction_session_timeout=0")
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    return conn
+
+
+def taken(rb: Runbook, p: Params) -> Taken:
+    pl: Plan = rb.snapshot("drill_plan")
+    if pl.refused:
+        raise SkipStep(f"restore refused: {pl.refused}")
+    if not p["take_backup"]:
+        return _chosen(pl, str(p["backup_set"]))
+    if pl.key_problem:
+        return Taken(error=pl.key_problem)
+    started = time.monotonic()
+    out = Taken()
+    try:
+        with _source_conn(pl) as conn:
+            snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            assert snap is not None
+            box: dict[str, Any] = {}
+
+            def dump() -> None:
+                try:
+                    box["set"] = archive.take_backup(
+                        pl.source, pl.backup_dir, jobs=int(p["jobs"]),
+                        compress_level=int(p["compress_level"]), key=pl.key,
+                        snapshot=str(snap[0]), kind=str(p["backup_kind"]),
+                        bindir=str(p["bindir"]) or None, say=_say, timeout=pl.remaining())
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    box["error"] = exc
+
+            worker = threading.Thread(target=dump, daemon=True)
+            worker.start()
+            t0 = time.monotonic()
+            out.source_print = fingerprint.take(conn, chunk_rows=int(p["verify_chunk_rows"]),
+                                                deadline=pl.deadline)
+            out.print_seconds = time.monotonic() - t0
+            worker.join(pl.remaining())
+            conn.rollback()
+        if "error" in box:
+            raise box["error"]
+        if "set" not in box:
+            raise DrillError("the backup did not finish within drill_timeout_minutes")
+        out.backup = box["set"]
+        out.set_dir = Path(box["set"].path)
+        fingerprint.save(out.source_print, out.set_dir / "fingerprint.json")
+        _say(f"backup: {out.set_dir.name}; source fingerprint of {len(out.source_print.tables)} "
+             f"tables in {out.print_seconds:.1f} s")
+    except (RunbookError, psycopg.Error) as exc:
+        out.error = rb.mask(str(exc).strip())
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _chosen(pl: Plan, name: str) -> Taken:
+    found = archive.sets(pl.backup_dir) if pl.backup_dir.is_dir() else []
+    if not found:
+        return Taken(requested=False, error=f"no backup set in {pl.backup_dir}: take one "
+                     "(take_backup=true) or point backup_dir at the backups")
+    chosen = found[-1] if name == "latest" else next(
+        (s for s in found if Path(s.path).name == name), None)
+    if chosen is None:
+        return Taken(requested=False, error=f"no set {name} in {pl.backup_dir}; sets: "
+                     + ", ".join(Path(s.path).name for s in found[-10:]))
+    path = Path(chosen.path)
+    fp_file = path / "fingerprint.json" if path.is_dir() else None
+    fp = fingerprint.load(fp_file) if fp_file and fp_file.exists() else None
+    return Taken(set_dir=path, source_print=fp, requested=False, legacy=chosen.legacy)
+
+
+register_probe(Probe("backup_taken", taken, "A new backup (pg_dump -Fd, sealed) and the "
+                     "source's fingerprint in its snapshot; or the chosen existing set.",
+                     params=(TAKE_BACKUP, BACKUP_SET, BACKUP_KIND, JOBS, COMPRESS, CHUNK,
+                             BINDIR), needs=("drill_plan",)))
+
+
+# -- integrity, then the restore -------------------------------------------------------------
+
+@dataclass
+class Opened:
+    result: Any  # archive.Opened
+    seconds: float
+    staging: Path
+
+
+def opened(rb: Runbook, p: Params) -> Opened:
+    pl: Plan = rb.snapshot("drill_plan")
+    t: Taken = rb.snapshot("backup_taken")
+    if t.set_dir is None:
+        raise SkipStep(f"no backup to check: {t.error or 'none chosen'}")
+    staging = pl.workdir / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, mode=0o700)
+    pl.log.record("created", "directory", str(staging))
+    passphrase = os.environ.get(str(p["legacy_passphrase_env"])) or None
+    started = time.monotonic()
+    result = archive.open_set(t.set_dir, pl.key, staging, legacy_passphrase=passphrase, say=_say)
+    return Opened(result, time.monotonic() - started, staging)
+
+
+register_probe(Probe("backup_opened", opened, "Every checksum and authentication tag of the set, "
+                     "decrypted into a private staging directory.", params=(LEGACY_ENV,),
+                     needs=("backup_taken",)))
+
+
+@dataclass
+class Restored:
+    database: str
+    phases: list[restore.Phase]
+    seconds: float  # the restore itself
+    rto_seconds: float  # integrity and decryption included: restore-to-usable
+    dump_bytes: int
+
+
+def _restorable(rb: Runbook) -> tuple[Plan, Opened]:
+    pl: Plan = rb.snapshot("drill_plan")
+    o: Opened = rb.snapshot("backup_opened")
+    if not o.result.ok:
+        raise SkipStep("no restore: the backup failed its integrity check")
+    assert pl.server is not None
+    return pl, o
+
+
+def restored(rb: Runbook, p: Params) -> Restored:
+    pl, o = _restorable(rb)
+    assert pl.server is not None
+    restore.create_scratch(pl.server, pl.scratch, pl.log)
+    started = time.monotonic()
+    phases = restore.restore(o.result.restorable, pl.server, pl.scratch, jobs=int(p["jobs"]),
+                             bindir=str(p["bindir"]) or None, timeout=pl.remaining(), say=_say)
+    seconds = time.monotonic() - started
+    size = sum(f.stat().st_size for f in Path(o.result.restorable).rglob("*") if f.is_file())
+    return Restored(pl.scratch, phases, seconds, seconds + o.seconds, size)
+
+
+register_probe(Probe("restored", restored, "pg_restore into a new scratch database, timed per "
+                     "section.", needs=("backup_opened",)))
+
+
+@dataclass
+class Verified:
+    restored_print: Any
+    differences: list[Any]
+    behind: list[str]
+    amcheck: Any
+    seconds: float
+    source_available: bool
+
+
+def verified(rb: Runbook, p: Params) -> Verified:
+    pl: Plan = rb.snapshot("drill_plan")
+    t: Taken = rb.snapshot("backup_taken")
+    r: Restored = rb.snapshot("restored")
+    assert pl.server is not None
+    started = time.monotonic()
+    with psycopg.connect(pl.server.url(r.database), connect_timeout=10) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        got = fingerprint.take(conn, chunk_rows=int(p["verify_chunk_rows"]), deadline=pl.deadline)
+        conn.rollback()
+    diffs = fingerprint.compare(t.source_print, got) if t.source_print is not None else []
+    check = fingerprint.amcheck(pl.server.url(r.database), heapallindexed=bool(p["heapallindexed"]),
+                                jobs=int(p["jobs"]), bindir=str(p["bindir"]) or pl.server.bindir,
+                                timeout=pl.remaining())
+    return Verified(got, diffs, fingerprint.behind_sequences(got), check,
+                    time.monotonic() - started, t.source_print is not None)
+
+
+register_probe(Probe("verified", verified, "The restored copy's fingerprint against the source's, "
+                     "and pg_amcheck.", params=(HEAPALLINDEXED,), needs=("restored",)))
+
+
+@dataclass
+class OneTable:
+    table: str
+    database: str
+    seconds: float
+    rows: int
+    matches: bool | None  # None: no source fingerprint of that table
+    detail: str = ""
+
+
+def one_table(rb: Runbook, p: Params) -> OneTable:
+    pl, o = _restorable(rb)
+    assert pl.server is not None
+    t: Taken = rb.snapshot("backup_taken")
+    name = str(p["table"]) or _largest(t)
+    if not name:
+        raise SkipStep("no table to restore: give table")
+    key = _qualified_key(name)
+    database = f"{pl.scratch}_table"
+    restore.create_scratch(pl.server, database, pl.log)
+    started = time.monotonic()
+    restore.restore(o.result.restorable, pl.server, database, jobs=int(p["jobs"]),
+                    tables=(key.replace('"', ""),), sections=("pre-data", "data"),
+                    bindir=str(p["bindir"]) or None, timeout=pl.remaining(), say=_say)
+    seconds = time.monotonic() - started
+    with psycopg.connect(pl.server.url(database), connect_timeout=10) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        got = fingerprint.take(conn, chunk_rows=int(p["verify_chunk_rows"]), tables=[key])
+        conn.rollback()
+    mine = got.tables.get(key)
+    want = t.source_print.tables.get(key) if t.source_print is not None else None
+    rows = mine.rows if mine else 0
+    if mine is None:
+        return OneTable(key, database, seconds, 0, False, "the table is missing after the restore")
+    if want is None:
+        return OneTable(key, database, seconds, rows, None, "no source fingerprint of the table")
+    same = (mine.rows, mine.content) == (want.rows, want.content)
+    detail = "" if same else f"rows {mine.rows} restored, {want.rows} in the source snapshot"
+    return OneTable(key, database, seconds, rows, same, detail)
+
+
+def _largest(t: Taken) -> str:
+    if t.source_print is None or not t.source_print.tables:
+        return ""
+    return max(t.source_print.tables.values(), key=lambda x: (x.bytes, x.rows)).key
+
+
+def _qualified_key(name: str) -> str:
+    """'Post', 'public.Post' or '"public"."Post"' as the fingerprint's key."""
+    from ..sqltext import ident
+
+    if name.startswith('"'):
+        return name if "." in name else f'"public".{name}'
+    schema, _, table = name.rpartition(".")
+    return f"{ident(schema or 'public')}.{ident(table)}"
+
+
+register_probe(Probe("one_table", one_table, "One table restored alone (pg_restore -t) into its "
+                     "own scratch database and verified.", params=(TABLE,),
+                     needs=("backup_opened",)))
+
+
+def pitr_drill(rb: Runbook, p: Params) -> Any:
+    pl: Plan = rb.snapshot("drill_plan")
+    if not p["pitr"]:
+        raise SkipStep("pitr=false: the point-in-time recovery drill was not asked for")
+    bindir = str(p["bindir"]) or (pl.server.bindir if pl.server else None)
+    why = pitr.unmet(pl.source, bindir)
+    if why:
+        raise SkipStep(why)
+    work = pl.workdir / "pitr"
+    pl.log.record("created", "directory", str(work))
+    try:
+        return pitr.run_drill(pl.source, work, bindir, timeout=pl.remaining(), say=_say)
+    except DrillError as exc:
+        return exc
+
+
+register_probe(Probe("pitr_drill", pitr_drill, "A base backup, WAL, and recovery to a time "
+                     "between two marker rows.", params=(PITR,), needs=("drill_plan",)))
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    dropped: list[str]
+    removed: list[str]
+    kept: list[str]
+    problems: list[str]
+
+
+def cleaned(rb: Runbook, p: Params) -> Cleaned:
+    pl: Plan = rb.snapshot("drill_plan")
+    dropped: list[str] = []
+    removed: list[str] = []
+    kept: list[str] = []
+    problems: list[str] = []
+    for name in pl.log.live("database"):
+        if p["keep_scratch"]:
+            kept.append(name)
+            continue
+        try:
+            assert pl.server is not None
+            restore.drop_scratch(pl.server, name, pl.log)
+            dropped.append(name)
+        except (RunbookError, psycopg.Error, AssertionError) as exc:
+            problems.append(mask_text(f"{name}: {exc}"))
+    for path in pl.log.live("directory"):
+        shutil.rmtree(path, ignore_errors=True)
+        pl.log.record("removed", "directory", path)
+        removed.append(path)
+    return Cleaned(dropped, removed, kept, problems)
+
+
+register_probe(Probe("drill_cleaned", cleaned, "Drops what the drill's log says it created.",
+                     params=(KEEP,), needs=("drill_plan",)))
