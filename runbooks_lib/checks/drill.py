@@ -39,32 +39,44 @@ def _mb(n: float) -> str:
 def inventory(listing: D.Listing, p: Params) -> list[Finding]:
     inv = listing.inventory
     out: list[Finding] = []
-    if not listing.sets:  # a fact when this drill takes the backup, a gap when it cannot
+    if inv.empty:  # a fact when this drill takes the backup, a gap when it cannot
         return [Finding("backup_inventory", "info" if p["take_backup"] else "warning",
                         f"No backup in {listing.backup_dir} yet",
                         "nothing to restore but what this drill takes" if p["take_backup"]
                         else "nothing to restore", remediation="point backup_dir at the backups, "
                         "or schedule `runbooks run restore_drill` to take them")]
-    age_min = inv.newest_age.total_seconds() / 60
-    out.append(graded("backup_age", "newest_backup_age_seconds", age_min * 60,
+    age = inv.newest_age
+    out.append(graded("backup_age", "newest_backup_age_seconds", age.total_seconds(),
                       float(p["rpo_minutes"]) * 60, 2 * 24 * 3600,
-                      title=f"Newest backup is {_age(inv.newest_age)} old "
+                      title=f"Newest backup {inv.newest.name} is {_age(age)} old "
                             f"(RPO objective {p['rpo_minutes']:g} min)",
-                      detail=f"{len(listing.sets)} sets in {listing.backup_dir}",
-                      remediation="check the backup schedule: a newer backup should exist",
+                      detail=f"{len(listing.sets)} sets in {listing.backup_dir}: "
+                             + ", ".join(f"{n} {k}" for k, n in inv.count.items() if n),
+                      remediation="find why no newer backup exists: the schedule, the job's log",
                       quiet="ok"))
-    for day in inv.missing_daily:
-        out.append(Finding("backup_missing", "warning", f"Daily backup missing for {day}",
-                           remediation="find why the backup job did not run that day"))
-    if inv.full_late:
-        out.append(Finding("backup_missing", "warning", inv.full_late,
-                           remediation=f"take a full backup every {p['full_every_days']} days"))
-    if inv.monthly_missing:
-        out.append(Finding("backup_missing", "warning", inv.monthly_missing))
+    if inv.missing_days:
+        days = ", ".join(d.isoformat() for d in inv.missing_days)
+        out.append(Finding("backup_missing", "warning",
+                           f"Daily backup missing for {len(inv.missing_days)} days: {days}",
+                           evidence=[{"day": d.isoformat()} for d in inv.missing_days],
+                           remediation="find why the backup job did not run those days"))
+    if inv.full_status != "ok":
+        when = f"last one {_age(inv.full_age)} ago" if inv.full_age else "none found"
+        out.append(Finding("backup_missing", "warning", f"Full backup {inv.full_status}: {when} "
+                           f"(due every {p['full_every_days']} days)",
+                           remediation="take a full backup now and check its schedule"))
+    if inv.missing_months:
+        out.append(Finding("backup_missing", "warning", "Monthly archive missing for "
+                           + ", ".join(inv.missing_months),
+                           remediation="keep one backup a month as the archive"))
+    for bad in inv.unusable:
+        out.append(Finding("backup_missing", "warning", f"Backup set {bad.name} is unusable",
+                           bad.problem, remediation="restore it with the drill to see why, or "
+                                                    "remove it"))
     if inv.prune:
         out.append(Finding("backup_retention", "info",
                            f"Retention would prune {len(inv.prune)} sets (preview, nothing deleted)",
-                           evidence=[{"set": s.name, "kind": s.kind, "at": s.at.isoformat()}
+                           evidence=[{"set": s.name, "kind": s.kind, "at": s.time.isoformat()}
                                      for s in inv.prune[:20]]))
     return out
 
@@ -77,8 +89,10 @@ def _age(delta: dt.timedelta) -> str:
 def show_inventory(listing: D.Listing, found: list[Finding], p: Params) -> None:
     import pandas as pd
 
-    rows = [{"set": s.name, "kind": s.kind, "at": s.at, "MB": round(s.size / 1e6, 1),
-             "format": "openssl enc (legacy)" if s.legacy else "pg_dump -Fd, sealed"}
+    rows = [{"set": s.name, "kind": s.kind, "at": s.time, "MB": round(s.size / 1e6, 1),
+             "format": "older script (not authenticated)" if s.legacy else
+             "pg_dump -Fd, sealed" if s.encrypted else "pg_dump -Fd, not encrypted",
+             "problem": s.problem}
             for s in listing.sets]
     present.show_table(pd.DataFrame(rows), "Backup sets")
 
@@ -163,7 +177,7 @@ def backup(t: D.Taken, p: Params) -> list[Finding]:
                            f"{_mb(b.stored_bytes)} in {total:.1f} s",
                            f"pg_dump {b.dump_seconds:.1f} s, checksums and encryption "
                            f"{b.seal_seconds:.1f} s", Metric("backup_seconds", round(total, 3))))
-        if not b.encrypted:
+        if b.manifest.get("encryption", {}).get("scheme", "none") == "none":
             out.append(Finding("backup_encryption", "info", "The new backup is not encrypted",
                                "no key is configured: anyone who can read the backup directory "
                                "can read the data", remediation=NEXT_KEY))
@@ -185,23 +199,27 @@ register(Check("restore_drill.backup", "The backup", "A new logical backup (pg_d
 
 def integrity(o: D.Opened, p: Params) -> list[Finding]:
     r = o.result
-    out: list[Finding] = []
-    for f in r.failures:
-        out.append(Finding("backup_integrity", "critical", f"Backup file {f.name}: {f.problem}",
-                           "the set cannot be trusted: no restore was attempted",
-                           remediation="restore an older set (backup_set) and find what "
-                                       "altered this one"))
-    if r.failures:
+    bad = [f for f in r.files if not f.ok]
+    out = [Finding("backup_integrity", "critical", f"Backup file {f.name}: {f.problem}",
+                   f.detail or "the set cannot be trusted: no restore was attempted",
+                   remediation="restore an older set (backup_set) and find what altered this one")
+           for f in bad]
+    if not bad and not r.ok:
+        out.append(Finding("backup_integrity", "critical", f"Backup set {r.name} cannot be opened",
+                           "; ".join(r.problems), remediation="restore an older set (backup_set)"))
+    if out:
         return out
+    what = "checksum and authentication tag" if r.authenticated else "checksum"
     out.append(Finding("backup_integrity", "ok",
-                       f"Every checksum{' and authentication tag' if r.authenticated else ''} of "
-                       f"{r.files} files verified in {o.seconds:.1f} s",
-                       metric=Metric("files_verified", r.files)))
+                       f"Every {what} of {len(r.files)} files verified in {o.seconds:.1f} s",
+                       f"{r.plain_bytes / 1e6:,.1f} MB at {r.mb_s:.0f} MB/s",
+                       Metric("files_verified", len(r.files))))
     if not r.authenticated:
-        out.append(Finding("backup_integrity", "warning", "The backup is not authenticated",
-                           r.unauthenticated_reason,
-                           remediation="take backups with this runbook: tink streaming AEAD "
-                                       "authenticates every chunk"))
+        out.append(Finding("backup_integrity", "warning", f"Backup {r.name} is not authenticated",
+                           r.reason or "it is not encrypted: a checksum beside a file proves "
+                           "nothing against someone who can rewrite both",
+                           remediation="take backups with this runbook and a key: tink streaming "
+                                       "AEAD authenticates every chunk"))
     return out
 
 

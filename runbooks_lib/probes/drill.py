@@ -126,7 +126,7 @@ def plan(rb: Runbook, p: Params) -> Plan:
               Path(str(p["backup_dir"])) if p["backup_dir"] else default_backup_dir(),
               workdir, restore.DrillLog(workdir / "drill.jsonl"), scratch)
     try:
-        pl.key = keys.load(str(p["encryption_key_env"]), str(p["encryption_key_file"]))
+        pl.key = keys.load(str(p["encryption_key_env"]), str(p["encryption_key_file"]) or None)
     except DrillError as exc:
         pl.key_problem = str(exc)
     try:
@@ -160,7 +160,7 @@ class Listing:
 
 def listing(rb: Runbook, p: Params) -> Listing:
     bdir = Path(str(p["backup_dir"])) if p["backup_dir"] else default_backup_dir()
-    found = archive.sets(bdir) if bdir.is_dir() else []
+    found = archive.sets(bdir) if bdir.is_dir() else []  # no directory yet: nothing in it
     policy = inventory.Policy(int(p["full_every_days"]), int(p["full_keep_days"]),
                               int(p["daily_keep_days"]), int(p["monthly_keep_days"]))
     now = dt.datetime.now(dt.UTC)
@@ -264,7 +264,7 @@ def taken(rb: Runbook, p: Params) -> Taken:
         if "set" not in box:
             raise DrillError("the backup did not finish within drill_timeout_minutes")
         out.backup = box["set"]
-        out.set_dir = Path(box["set"].path)
+        out.set_dir = box["set"].path
         fingerprint.save(out.source_print, out.set_dir / "fingerprint.json")
         _say(f"backup: {out.set_dir.name}; source fingerprint of {len(out.source_print.tables)} "
              f"tables in {out.print_seconds:.1f} s")
@@ -279,11 +279,12 @@ def _chosen(pl: Plan, name: str) -> Taken:
     if not found:
         return Taken(requested=False, error=f"no backup set in {pl.backup_dir}: take one "
                      "(take_backup=true) or point backup_dir at the backups")
-    chosen = found[-1] if name == "latest" else next(
-        (s for s in found if Path(s.path).name == name), None)
+    usable = [s for s in found if not s.problem]
+    chosen = (usable[-1] if usable else None) if name == "latest" else next(
+        (s for s in found if s.name == name), None)
     if chosen is None:
         return Taken(requested=False, error=f"no set {name} in {pl.backup_dir}; sets: "
-                     + ", ".join(Path(s.path).name for s in found[-10:]))
+                     + ", ".join(s.name for s in found[-10:]))
     path = Path(chosen.path)
     fp_file = path / "fingerprint.json" if path.is_dir() else None
     fp = fingerprint.load(fp_file) if fp_file and fp_file.exists() else None
@@ -314,9 +315,10 @@ def opened(rb: Runbook, p: Params) -> Opened:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, mode=0o700)
     pl.log.record("created", "directory", str(staging))
-    passphrase = os.environ.get(str(p["legacy_passphrase_env"])) or None
+    passphrase = keys.legacy_passphrase(str(p["legacy_passphrase_env"]))
     started = time.monotonic()
-    result = archive.open_set(t.set_dir, pl.key, staging, legacy_passphrase=passphrase, say=_say)
+    result = archive.open_set(t.set_dir, pl.key, staging, legacy_passphrase=passphrase,
+                              jobs=int(p["jobs"]), say=_say)
     return Opened(result, time.monotonic() - started, staging)
 
 
@@ -337,7 +339,7 @@ class Restored:
 def _restorable(rb: Runbook) -> tuple[Plan, Opened]:
     pl: Plan = rb.snapshot("drill_plan")
     o: Opened = rb.snapshot("backup_opened")
-    if not o.result.ok:
+    if not o.result.ok or o.result.restore_path is None:
         raise SkipStep("no restore: the backup failed its integrity check")
     assert pl.server is not None
     return pl, o
@@ -348,11 +350,11 @@ def restored(rb: Runbook, p: Params) -> Restored:
     assert pl.server is not None
     restore.create_scratch(pl.server, pl.scratch, pl.log)
     started = time.monotonic()
-    phases = restore.restore(o.result.restorable, pl.server, pl.scratch, jobs=int(p["jobs"]),
+    assert o.result.restore_path is not None
+    phases = restore.restore(o.result.restore_path, pl.server, pl.scratch, jobs=int(p["jobs"]),
                              bindir=str(p["bindir"]) or None, timeout=pl.remaining(), say=_say)
     seconds = time.monotonic() - started
-    size = sum(f.stat().st_size for f in Path(o.result.restorable).rglob("*") if f.is_file())
-    return Restored(pl.scratch, phases, seconds, seconds + o.seconds, size)
+    return Restored(pl.scratch, phases, seconds, seconds + o.seconds, o.result.plain_bytes)
 
 
 register_probe(Probe("restored", restored, "pg_restore into a new scratch database, timed per "
@@ -412,7 +414,8 @@ def one_table(rb: Runbook, p: Params) -> OneTable:
     database = f"{pl.scratch}_table"
     restore.create_scratch(pl.server, database, pl.log)
     started = time.monotonic()
-    restore.restore(o.result.restorable, pl.server, database, jobs=int(p["jobs"]),
+    assert o.result.restore_path is not None
+    restore.restore(o.result.restore_path, pl.server, database, jobs=int(p["jobs"]),
                     tables=(key.replace('"', ""),), sections=("pre-data", "data"),
                     bindir=str(p["bindir"]) or None, timeout=pl.remaining(), say=_say)
     seconds = time.monotonic() - started
