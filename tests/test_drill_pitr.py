@@ -129,6 +129,28 @@ def test_failed_drill_cleans_up(sandbox: Sandbox) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_lost_wal_fails_the_drill(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WAL gone between fetching and recovery (a lost archive): the server's own refusal to
+    stop short of the target is the drill's error, never a copy of the backup reported as ok."""
+    fetch = pitr._Drill.fetch_wal
+
+    def lose_wal(self: pitr._Drill, last: Path, endpos: str) -> Path:
+        wal = fetch(self, last, endpos)
+        for segment in wal.iterdir():
+            segment.unlink()
+        return wal
+
+    monkeypatch.setattr(pitr._Drill, "fetch_wal", lose_wal)
+    base = make_base_dir("pg-runbooks-pitr-")
+    try:
+        with pytest.raises(DrillError, match="recovery ended before configured recovery target"):
+            pitr.run_drill(sandbox.url("postgres"), base / "work", sandbox.bindir,
+                           say=lambda _: None)
+        assert _leftovers(sandbox, base / "work") == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_unmet_none_for_a_superuser(sandbox: Sandbox) -> None:
     assert pitr.unmet(sandbox.url("postgres"), sandbox.bindir) is None
 

@@ -8,10 +8,9 @@ recovered up to the target: the "before" row must be there, the "after" row must
 The source is never restarted or reconfigured (archive_mode needs a restart): a temporary
 replication slot, created before the base backup and held by the drill's own session, keeps the
 WAL from being recycled until pg_receivewal has it, and disappears with that session even when
-the drill is killed. The recovered server runs with its own settings (the source's may preload
-libraries or archive into the production archive), hot_standby off so pg_ctl -w returns only once
-the target is reached and the server is promoted, and listens only on a socket in a private
-directory (trust there needs no password and opens nothing to other users).
+the drill is killed. The recovered copy runs with settings of its own (the source's may preload
+libraries it lacks or archive into the production archive), hot_standby off, and listens only
+on a socket in a private directory (trust there needs no password and opens nothing to others).
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ MARKER = "runbooks_drill_marker"
 PROGRAMS = ("postgres", "pg_basebackup", "pg_verifybackup", "pg_waldump", "pg_receivewal",
             "pg_ctl", "initdb")
 LIMITS = ("max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions",
-          "max_locks_per_transaction")  # at least the source's, or WAL replay may refuse
+          "max_locks_per_transaction")  # at least the source's, or replay may refuse to go on
 SEGMENT = re.compile(r"[0-9A-F]{24}")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -52,21 +51,21 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 class PitrResult:
     """What the drill proved and how long each phase took (seconds)."""
 
-    target_time: datetime
-    before_present: bool
-    after_present: bool
-    last_commit: datetime | None
-    rpo_seconds: float
+    target_time: datetime  # between the two markers, from the source's clock
+    before_present: bool  # must be True
+    after_present: bool  # must be False
+    last_commit: datetime | None  # the last commit replayed (pg_last_xact_replay_timestamp)
+    rpo_seconds: float  # target_time - last_commit
     base_backup_seconds: float
-    incremental: str
+    incremental: str  # "used" or "skipped: <why>"
     incremental_seconds: float | None
     combine_seconds: float | None
-    verify_seconds: float
-    copy_seconds: float
-    replay_seconds: float
-    rto_seconds: float
+    verify_seconds: float  # pg_verifybackup, every backup taken
+    copy_seconds: float  # the data directory put in place and configured
+    replay_seconds: float  # pg_ctl start until promoted at the target and accepting connections
+    rto_seconds: float  # combine + copy + replay
     backup_bytes: int
-    created: tuple[str, ...]
+    created: tuple[str, ...]  # every table, slot and directory made, for the clean-up log
     wal_seconds: float = 0.0  # pg_receivewal fetching the WAL written after the backup
     kept: str | None = None  # the recovered data directory, when kept
 
@@ -80,29 +79,25 @@ def _connect(conninfo: str) -> Conn:
         return psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
                                application_name="runbooks/pitr-drill")
     except psycopg.Error as exc:
-        raise DrillError(f"cannot connect to the source: {mask_text(str(exc))}") from None
+        raise DrillError(f"cannot connect to the source: {mask_text(str(exc)).strip()}") from None
 
 
 def _binaries_unmet(major: int, bindir: str | Path | None) -> str | None:
-    """Why the programs in BINDIR (or the default ones) cannot restore a MAJOR server."""
     wrong: list[str] = []
     for program in PROGRAMS:
         try:
             found = tools.major(tools.find(program, bindir))
+            wrong += [f"{program} is {found}"] if found != major else []
         except DrillError:
             wrong.append(f"{program} missing")
-            continue
-        if found != major:
-            wrong.append(f"{program} is {found}")
     if not wrong:
         return None
-    where = f"in {bindir}" if bindir else "beside the embedded server or on PATH"
     hint = Path(f"/usr/lib/postgresql/{major}/bin")
     fix = (f"pass bindir='{hint}'" if (hint / "pg_basebackup").exists() else
-           f"install the PostgreSQL {major} server (postgresql-{major}) and pass its bin directory "
-           "as bindir")
-    return (f"the source runs PostgreSQL {major} and the PITR drill needs PostgreSQL {major} "
-            f"server binaries ({', '.join(PROGRAMS)}); {where}: {', '.join(wrong)}: {fix}")
+           f"install the PostgreSQL {major} server and pass its bin directory as bindir")
+    return (f"the source runs PostgreSQL {major} and the PITR drill needs PostgreSQL {major} server "
+            f"binaries ({', '.join(PROGRAMS)}); {f'in {bindir}' if bindir else 'by default'}: "
+            f"{', '.join(wrong)}: {fix}")
 
 
 def unmet(source_conninfo: str, bindir: str | Path | None) -> str | None:
@@ -113,10 +108,9 @@ def unmet(source_conninfo: str, bindir: str | Path | None) -> str | None:
                 "SELECT current_setting('server_version_num')::int / 10000, pg_is_in_recovery(),"
                 " r.rolsuper, r.rolreplication, session_user, current_database(), current_schema(),"
                 " has_schema_privilege(current_schema(), 'CREATE'),"
-                " EXISTS (SELECT FROM pg_class WHERE relname = %s"
-                "  AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())),"
-                " (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN"
-                "  ('pg_default', 'pg_global')),"
+                " EXISTS (SELECT FROM pg_class WHERE relname = %s AND relnamespace ="
+                "  (SELECT oid FROM pg_namespace WHERE nspname = current_schema())),"
+                " (SELECT count(*) FROM pg_tablespace WHERE spcname NOT LIKE 'pg\\_%%'),"
                 " current_setting('max_replication_slots')::int"
                 "  - (SELECT count(*) FROM pg_replication_slots)"
                 " FROM pg_roles r WHERE r.rolname = session_user", (MARKER,)).fetchone()
@@ -131,56 +125,49 @@ def unmet(source_conninfo: str, bindir: str | Path | None) -> str | None:
     reasons = [r for r in [_binaries_unmet(major, bindir)] if r]
     ident = sql.Identifier(role).as_string()
     if standby:
-        reasons.append("the source is a standby (in recovery): run the PITR drill on the primary, "
-                       "it writes marker rows")
+        reasons.append("the source is a standby: run the PITR drill on the primary (it writes)")
     if not (superuser or replication):
         reasons.append(f"role {role} lacks REPLICATION (pg_basebackup and pg_receivewal need it): "
                        f"ALTER ROLE {ident} REPLICATION; as a superuser, or use a role that has it")
     if schema is None:
-        reasons.append(f"role {role} has no schema on its search_path in database {db} to create "
-                       f"the marker table in: ALTER ROLE {ident} SET search_path = public")
+        reasons.append(f"role {role} has no schema on its search_path in {db} for the marker "
+                       f"table: ALTER ROLE {ident} SET search_path = public;")
     elif not create:
-        reasons.append(f"role {role} cannot CREATE a table in schema {schema} of database {db}: "
+        reasons.append(f"role {role} cannot CREATE a table in schema {schema} of {db}: "
                        f"GRANT CREATE ON SCHEMA {sql.Identifier(schema).as_string()} TO {ident};")
     elif leftover:
-        reasons.append(f"table {schema}.{MARKER} already exists (a drill running now, or left by a "
-                       f"killed one): when no drill runs, DROP TABLE "
-                       f"{sql.Identifier(schema, MARKER).as_string()};")
+        reasons.append(f"table {schema}.{MARKER} exists (a drill running now, or a killed one's): "
+                       f"when none runs, DROP TABLE {sql.Identifier(schema, MARKER).as_string()};")
     if spaces:
-        reasons.append(f"the source has {spaces} tablespace(s) besides pg_default: the PITR drill "
-                       "restores a plain data directory only; drill it by hand with "
-                       "pg_basebackup --tablespace-mapping")
+        reasons.append(f"the source has {spaces} tablespace(s) of its own: the PITR drill restores "
+                       "a plain data directory only (drill by hand with --tablespace-mapping)")
     if slots < 2:
-        reasons.append("fewer than 2 free replication slots (the drill and pg_basebackup each hold "
-                       "a temporary one): raise max_replication_slots (needs a restart)")
+        reasons.append("fewer than 2 free replication slots (the drill and pg_basebackup hold one "
+                       "each): raise max_replication_slots (needs a restart)")
     try:
         if superuser or replication:  # else refused for the reason above
             psycopg.connect(source_conninfo, replication="true", connect_timeout=5).close()
     except psycopg.Error as exc:
-        words = " ".join(mask_text(str(exc)).split())
-        reasons.append(f"the server refuses a replication connection ({words})"
-                       f": allow it in pg_hba.conf (host replication {role} <drill host> "
-                       "scram-sha-256), check max_wal_senders, then SELECT pg_reload_conf()")
+        reasons.append(f"the server refuses a replication connection "
+                       f"({' '.join(mask_text(str(exc)).split())}): allow it in pg_hba.conf "
+                       f"(host replication {role} <drill host> scram-sha-256), check "
+                       "max_wal_senders, then SELECT pg_reload_conf()")
     return "; ".join(reasons) or None
-
-
-def _bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
 
 
 def _chown(path: Path, user: str | None) -> None:
     """Give PATH (recursively) to the server's system user when we are root."""
-    if not user:
-        return
-    uid, gid = server._user_ids(user)
-    os.lchown(path, uid, gid)
-    for top, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.lchown(os.path.join(top, name), uid, gid)
+    if user:
+        uid, gid = server._user_ids(user)
+        for p in [path, *path.rglob("*")]:
+            os.lchown(p, uid, gid)
+
+
+def _status(pid_file: Path) -> str:
+    """A live postmaster's status line in its pid file ("starting", "standby", "ready")."""
+    lines = pid_file.read_text().splitlines()
+    os.kill(int(lines[0]), 0)  # OSError once it has exited
+    return lines[7].strip() if len(lines) > 7 else ""
 
 
 def _quote(value: str) -> str:
@@ -194,16 +181,16 @@ class _Drill:
                  say: Callable[[str], None]):
         self.conninfo, self.workdir, self.bindir, self.say = conninfo, workdir, bindir, say
         self.deadline = time.monotonic() + timeout
-        self.user = server._run_as()
+        self.user = server._run_as()  # PostgreSQL refuses to run as root
         self.created: list[str] = []
         self.dirs: list[Path] = []
         self.seconds: dict[str, float] = {}
+        self.backup_bytes = 0
         self.conn: Conn | None = None
         self.table: sql.Identifier | None = None
         self.restored = workdir / "restored"
         self.socket_dir: Path | None = None
-        self.server_bins: Path | None = None
-        self.backup_bytes = 0
+        self.bins: Path | None = None
 
     def left(self) -> float:
         left = self.deadline - time.monotonic()
@@ -217,12 +204,12 @@ class _Drill:
         yield
         self.seconds[phase] = time.monotonic() - started
 
-    def sql(self, query: sql.Composed | str, *params: object) -> tuple[Any, ...]:
-        """One statement in the drill's own source session (autocommit); its first row."""
+    def execute(self, query: sql.Composed | str, *params: object) -> tuple[Any, ...]:
+        """One statement in the drill's source session; its first row."""
         assert self.conn is not None
         try:
             cur = self.conn.execute(query, params or None)
-            return cur.fetchone() or () if cur.description else ()
+            return (cur.fetchone() or ()) if cur.description else ()
         except psycopg.Error as exc:
             raise DrillError(f"on the source: {mask_text(str(exc)).strip()}") from None
 
@@ -230,26 +217,26 @@ class _Drill:
         return tools.run([tools.find(program, self.bindir), *args], conninfo=self.conninfo,
                          timeout=self.left())
 
+    def pg_ctl(self, *args: str | Path, timeout: float) -> None:
+        """pg_ctl on the recovered copy, as the server's system user when we are root."""
+        assert self.bins is not None
+        try:
+            server._run([str(self.bins / "pg_ctl"), "-D", str(self.restored), *map(str, args)],
+                        self.user, timeout=timeout)
+        except SandboxError as exc:
+            raise DrillError(mask_text(str(exc))) from None
+
     def claim(self, name: str) -> Path:
         """WORKDIR/NAME for the drill to create (refused when it exists: never ours to remove)."""
         path = self.workdir / name
         if path.exists():
-            raise DrillError(f"{path} already exists (left by an earlier drill?): remove it or give "
+            raise DrillError(f"{path} exists (left by an earlier drill?): remove it or give "
                              "another workdir")
         self.dirs.append(path)
         self.created.append(f"directory {path}")
         return path
 
-    def as_server(self, *args: str | Path, timeout: float) -> subprocess.CompletedProcess[str]:
-        """pg_ctl, run as the server's system user when we are root."""
-        assert self.server_bins is not None
-        try:
-            return server._run([str(self.server_bins / str(args[0])), *map(str, args[1:])],
-                               self.user, timeout=timeout)
-        except SandboxError as exc:
-            raise DrillError(mask_text(str(exc))) from None
-
-    def reachable_bins(self) -> Path:
+    def server_bins(self) -> Path:
         """The server binaries, copied into the workdir when the system user cannot reach them
         (as the sandbox does: opening up someone's home directory would be a surprise)."""
         bins = tools.find("postgres", self.bindir).parent.resolve()
@@ -266,40 +253,40 @@ class _Drill:
     def open(self) -> None:
         """The write session, the marker table, and the slot that keeps the WAL until fetched."""
         self.conn = _connect(self.conninfo)
-        self.sql("SET lock_timeout = '5s'")
-        self.sql("SET statement_timeout = '60s'")
-        self.sql("SET synchronous_commit = local")  # markers flushed at once: sendable as WAL
-        row = self.sql(f"SELECT current_setting('server_version_num')::int / 10000, "
-                       f"current_schema(), session_user, current_database(), "
-                       f"current_setting('summarize_wal', true), "
-                       f"{', '.join(f'current_setting({k!r})' for k in LIMITS)}")
+        self.execute("SET lock_timeout = '5s'")
+        self.execute("SET statement_timeout = '60s'")
+        self.execute("SET synchronous_commit = local")  # markers flushed at once: sendable
+        row = self.execute("SELECT current_setting('server_version_num')::int / 10000, "
+                           "current_schema(), session_user, current_database(), "
+                           "current_setting('summarize_wal', true), "
+                           + ", ".join(f"current_setting('{k}')" for k in LIMITS))
         self.major, schema, self.role, self.db, self.summarize = row[:5]
         self.limits = dict(zip(LIMITS, row[5:], strict=True))
         self.table = sql.Identifier(schema, MARKER)
-        self.sql(sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, label text NOT NULL,"
-                         " at timestamptz NOT NULL DEFAULT clock_timestamp())").format(self.table))
+        self.execute(sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, label text NOT NULL,"
+                             " at timestamptz NOT NULL DEFAULT clock_timestamp())")
+                     .format(self.table))
         self.created.append(f"table {schema}.{MARKER} (database {self.db})")
         self.slot = f"runbooks_pitr_{secrets.token_hex(4)}"
-        self.sql("SELECT pg_create_physical_replication_slot(%s, true, true)", self.slot)
+        self.execute("SELECT pg_create_physical_replication_slot(%s, true, true)", self.slot)
         self.created.append(f"replication slot {self.slot} (temporary)")
-        self.say(f"pitr: marker table {schema}.{MARKER} and temporary replication slot "
-                 f"{self.slot} created")
+        self.say(f"pitr: marker table {schema}.{MARKER} and temporary slot {self.slot} created")
 
     def mark(self, label: str) -> datetime:
         assert self.table is not None
-        row = self.sql(sql.SQL("INSERT INTO {} (label) VALUES (%s) RETURNING at")
-                       .format(self.table), label)
-        return row[0]  # type: ignore[no-any-return]
+        at: datetime = self.execute(sql.SQL("INSERT INTO {} (label) VALUES (%s) RETURNING at")
+                                    .format(self.table), label)[0]
+        return at
 
     def backup(self, name: str, *extra: str) -> Path:
         dest = self.claim(name)
         with self.timed(name):
             self.run("pg_basebackup", "-d", "{conninfo}", "-D", dest, "-X", "stream", "-c", "fast",
                      "--manifest-checksums=SHA256", "-l", "pg-runbooks pitr drill", *extra)
-        size = _bytes(dest)
+        size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
         self.backup_bytes += size
-        kind = "incremental backup" if extra else "base backup"
-        self.say(f"pitr: {kind} {_mb(size)} in {self.seconds[name]:.1f} s")
+        self.say(f"pitr: {'incremental' if extra else 'base'} backup {size / 1e6:.1f} MB in "
+                 f"{self.seconds[name]:.1f} s")
         return dest
 
     def incremental(self, base: Path) -> tuple[str, Path | None]:
@@ -316,14 +303,14 @@ class _Drill:
             return f"skipped: {exc}", None
 
     def fetch_wal(self, last_backup: Path, endpos: str) -> Path:
-        """The WAL from the last backup's end to ENDPOS, as restore_command will want it.
+        """The WAL from the last backup's end to ENDPOS, named as restore_command is asked.
 
         pg_receivewal has no start position: it resumes after the newest segment in its
         directory, or at the start of a .partial one, so the backup's last segment is seeded
         as .partial. Its own last segment stays .partial: renamed to the name recovery asks for.
         """
         wal = self.claim("wal")
-        wal.mkdir(mode=0o700)  # WAL holds the source's data: not for other users to read
+        wal.mkdir(mode=0o700)  # WAL holds the source's data
         last = max(p.name for p in (last_backup / "pg_wal").iterdir() if SEGMENT.fullmatch(p.name))
         shutil.copyfile(last_backup / "pg_wal" / last, wal / f"{last}.partial")
         with self.timed("wal"):
@@ -358,20 +345,26 @@ class _Drill:
         for name in ("postgresql.auto.conf", "pg_ident.conf", "recovery.signal", "recovery.log"):
             (data / name).write_text("")
         data.chmod(0o700)
-        for path in (data, sock):
-            _chown(path, self.user)
+        _chown(data, self.user)
+        _chown(sock, self.user)
 
     def recover(self) -> tuple[datetime | None, list[str]]:
-        """Start the copy, wait until it is promoted; the last replayed commit, marker labels."""
+        """Start the copy and wait until it is promoted: the last replayed commit, the markers.
+
+        pg_ctl -w returns as soon as a server without hot standby starts recovering ("standby"
+        in postmaster.pid): "ready" there means the target was reached and it was promoted."""
+        pid_file = self.restored / "postmaster.pid"
         with self.timed("replay"):
             try:
-                self.as_server("pg_ctl", "-D", self.restored, "-l", self.restored / "recovery.log",
-                               "-w", "-t", str(max(1, int(self.left()))), "start",
-                               timeout=self.left())
-            except DrillError as exc:
-                raise DrillError(f"the recovered server did not start ({exc}); its log: "
-                                 f"{self.log_tail()}") from None
-            self.wait_promoted()
+                self.pg_ctl("-l", self.restored / "recovery.log", "-w", "-t",
+                            str(max(1, int(self.left()))), "start", timeout=self.left())
+                while _status(pid_file) != "ready":
+                    self.left()
+                    time.sleep(0.05)
+            except (DrillError, OSError, ValueError, IndexError) as exc:
+                raise DrillError(f"the recovered server did not reach the target "
+                                 f"({' '.join(str(exc).split())}); its log: {self.log_tail()}"
+                                 ) from None
         assert self.table is not None and self.socket_dir is not None
         try:
             with psycopg.connect(host=str(self.socket_dir), port=5432, user=self.role,
@@ -385,56 +378,37 @@ class _Drill:
         assert row is not None
         return row[0], row[1] or []
 
-    def wait_promoted(self) -> None:
-        """Until the copy accepts connections: pg_ctl -w returns as soon as a server without
-        hot standby starts recovering ("standby" in postmaster.pid), not when it is done."""
-        pid_file = self.restored / "postmaster.pid"
-        while True:
-            try:
-                lines = pid_file.read_text().splitlines()
-                os.kill(int(lines[0]), 0)
-            except (OSError, ValueError, IndexError):
-                raise DrillError(f"the recovered server stopped before the target was reached: "
-                                 f"{self.log_tail()}") from None
-            if len(lines) > 7 and lines[7].strip() == "ready":
-                return
-            if time.monotonic() > self.deadline:
-                raise DrillError(f"recovery did not reach the target in time: {self.log_tail()}")
-            time.sleep(0.05)
-
     def log_tail(self) -> str:
-        """The recovered server's last words (without restore_command's misses, which are normal)."""
+        """The recovered server's errors, else its last lines."""
         try:
             lines = (self.restored / "recovery.log").read_text(errors="replace").splitlines()
         except OSError:
             return "(no server log)"
-        return mask_text(" | ".join(x.strip() for x in lines if not x.startswith("cp: "))[-1500:])
+        errors = [x for x in lines if re.search(r"\b(FATAL|PANIC|ERROR): ", x)]
+        return mask_text(" | ".join(x.strip() for x in (errors or lines)[-4:]))
 
     def clean(self, keep: bool) -> list[str]:
         """Stop the copy, drop the marker table, remove what was made; what could not be."""
         problems: list[str] = []
-        pid_file = self.restored / "postmaster.pid"
-        if self.server_bins and pid_file.exists():
+        if self.bins and (self.restored / "postmaster.pid").exists():
             try:
-                self.as_server("pg_ctl", "-D", self.restored, "stop", "-m", "fast", "-w",
-                               timeout=90)
+                self.pg_ctl("stop", "-m", "fast", "-w", timeout=90)
             except DrillError as exc:
-                problems.append(f"the recovered server in {self.restored} did not stop ({exc}): "
-                                f"kill the postmaster whose pid is in {pid_file}")
+                problems.append(f"the recovered server did not stop ({exc}): kill the postmaster "
+                                f"in {self.restored / 'postmaster.pid'}")
         if self.table is not None:
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = _connect(self.conninfo)
-                self.sql(sql.SQL("DROP TABLE IF EXISTS {}").format(self.table))
+                self.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.table))
             except DrillError as exc:
                 problems.append(f"marker table not dropped ({exc}): DROP TABLE "
                                 f"{self.table.as_string()};")
         if self.conn is not None:
-            self.conn.close()  # also ends the temporary slot
+            self.conn.close()  # ends the temporary slot too
         for path in [*([] if keep else self.dirs), *([self.socket_dir] if self.socket_dir else [])]:
             shutil.rmtree(path, ignore_errors=True)
-            if path.exists():
-                problems.append(f"{path} could not be removed")
+            problems += [f"{path} could not be removed"] if path.exists() else []
         return problems
 
 
@@ -457,10 +431,9 @@ def run_drill(source_conninfo: str, workdir: Path, bindir: str | Path | None = N
     try:
         if d.user and not server._reaches(d.user, workdir):
             raise DrillError(f"system user {d.user} (the recovered server's) cannot reach "
-                             f"{workdir}: give a workdir whose parents others can search, such as "
-                             "under /var/tmp")
+                             f"{workdir}: give a workdir whose parents all users can search")
         d.open()
-        d.server_bins = d.reachable_bins()
+        d.bins = d.server_bins()
         base = d.backup("base")
         d.mark("base")  # a change for the incremental backup to carry
         incremental, incr = d.incremental(base)
@@ -468,13 +441,13 @@ def run_drill(source_conninfo: str, workdir: Path, bindir: str | Path | None = N
             say(f"pitr: incremental {incremental}")
         before_at = d.mark("before")
         time.sleep(0.05)
-        target: datetime = d.sql("SELECT clock_timestamp()")[0]  # strictly after "before"
+        target: datetime = d.execute("SELECT clock_timestamp()")[0]  # strictly after "before"
         time.sleep(0.05)
         d.mark("after")
-        endpos = d.sql("SELECT pg_current_wal_flush_lsn()::text")[0]
-        d.mark("end")  # pg_receivewal stops on the first WAL it receives past --endpos
+        endpos = d.execute("SELECT pg_current_wal_flush_lsn()::text")[0]
+        d.mark("end")  # pg_receivewal stops at the first WAL it receives past --endpos
         wal = d.fetch_wal(incr or base, endpos)
-        d.sql("SELECT pg_drop_replication_slot(%s)", d.slot)
+        d.execute("SELECT pg_drop_replication_slot(%s)", d.slot)
         say(f"pitr: target {target}; WAL up to {endpos} fetched in {d.seconds['wal']:.1f} s")
 
         with d.timed("verify"):
@@ -491,11 +464,10 @@ def run_drill(source_conninfo: str, workdir: Path, bindir: str | Path | None = N
                 shutil.copytree(base, d.restored, symlinks=True)
             d.configure(target, wal)
         say(f"pitr: data directory in place in {d.seconds['copy']:.1f} s")
-
         replayed, labels = d.recover()
         say(f"pitr: recovered to the target and promoted in {d.seconds['replay']:.1f} s")
-        last_commit = replayed or before_at
-        sec = d.seconds
+
+        last_commit, sec = replayed or before_at, d.seconds
         result = PitrResult(
             target_time=target, before_present="before" in labels,
             after_present="after" in labels, last_commit=last_commit,
@@ -516,7 +488,7 @@ def run_drill(source_conninfo: str, workdir: Path, bindir: str | Path | None = N
         problems = d.clean(keep)
         if made_workdir and not keep and not any(workdir.iterdir()):
             workdir.rmdir()
-        for problem in problems:
-            say(f"pitr: clean-up: {problem}")
+        say(f"pitr: clean-up: {'; '.join(problems)}" if problems else
+            f"pitr: cleaned up ({len(d.created)} created, {'kept' if keep else 'all removed'})")
         if problems and not failed:
             raise DrillError(f"the PITR drill left something behind: {'; '.join(problems)}")
