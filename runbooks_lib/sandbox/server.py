@@ -310,6 +310,7 @@ def _shutdown(sb: Sandbox, seconds: float = 60) -> None:
 
 
 def _config(sb: Sandbox) -> str:
+    """The sandbox's settings; summarize_wal (17+) lets the PITR drill take incremental backups."""
     dest = "stderr,csvlog,jsonlog" if sb.major >= 15 else "stderr,csvlog"
     preload = "pg_stat_statements" if sb.pg_stat_statements else ""
     return f"""
@@ -336,6 +337,7 @@ log_autovacuum_min_duration = 1000
 deadlock_timeout = 200ms
 synchronous_commit = off
 max_prepared_transactions = 10
+{"summarize_wal = on" if sb.major >= 17 else ""}
 """
 
 
