@@ -823,3 +823,8 @@ def build(probe: str, value: Any) -> Any:
         raise KeyError(f"no snapshot builder for probe {probe!r} (add one to tests/snapshots.py "
                        f"BUILDERS); builders: {sorted(BUILDERS)}")
     return BUILDERS[probe](value)
+
+
+from .snapshots_drill import BUILDERS as _DRILL_BUILDERS  # noqa: E402 - they use the helpers above
+
+BUILDERS.update(_DRILL_BUILDERS)

@@ -289,14 +289,19 @@ def verify(v: D.Verified, p: Params) -> list[Finding | Skipped]:
                            "the next insert after a restore would fail on a duplicate key",
                            remediation=f"SELECT setval('{seq}', max(...)) on the restored copy"))
     a = v.amcheck
-    if getattr(a, "skipped", ""):
-        out.append(Skipped("restore_amcheck", a.skipped))
-    elif getattr(a, "problems", None):
+    if a.status == "skipped":
+        out.append(Skipped("restore_amcheck", a.why))
+    elif a.status == "corrupt":
         out.append(Finding("restore_amcheck", "critical", f"pg_amcheck found corruption in "
-                           f"{len(a.problems)} relations of the restored copy",
-                           evidence=[{"problem": x} for x in a.problems[:20]]))
+                           f"{len(a.corrupt)} relations of the restored copy",
+                           "the backup restores damaged data, or the restore server's storage "
+                           "is failing", evidence=[{"relation": rel, "problem": lines[0]}
+                                                  for rel, lines in list(a.corrupt.items())[:20]],
+                           remediation="keep the scratch database (keep_scratch=true) and run "
+                                       "pg_amcheck on the source"))
     else:
-        out.append(Finding("restore_amcheck", "ok", "pg_amcheck: heap and btree indexes clean"))
+        out.append(Finding("restore_amcheck", "ok", f"pg_amcheck: heap and btree indexes clean "
+                           f"in {a.seconds:.1f} s"))
     return out
 
 
@@ -374,9 +379,15 @@ def cleanup(c: D.Cleaned, p: Params) -> list[Finding]:
     return out
 
 
+def show_summary(c: D.Cleaned, found: list[Finding], p: Params) -> None:
+    import pandas as pd
+
+    present.show_table(pd.DataFrame(c.summary), "The drill against its objectives")
+
+
 register(Check("restore_drill.cleanup", "Clean-up", "Drops only what the drill's own log says it "
                "created; keep_scratch keeps the scratch databases.", cleanup, ("drill_cleaned",),
-               emits=("restore_cleanup",)))
+               emits=("restore_cleanup",), show=show_summary))
 
 
 def refused(pl: D.Plan, p: Params) -> list[Finding]:

@@ -184,8 +184,15 @@ def restore(dump_dir: Path, server: Server, database: str, *, jobs: int = 2,
     ``schema.name``) limits the data section to those tables. An error pg_restore goes on
     past ("errors ignored on restore") is kept in the phase's warnings, not raised: the
     verification then says what is missing."""
-    program = tools.find("pg_restore", bindir or server.bindir)
     deadline = time.monotonic() + timeout
+    if dump_dir.is_file() and dump_dir.suffix == ".sql":  # a plain dump: psql replays it
+        started = time.monotonic()
+        tools.run([tools.find("psql", bindir or server.bindir), "-X", "-q", "-v",
+                   "ON_ERROR_STOP=1", "-d", "{conninfo}", "-f", dump_dir],
+                  conninfo=server.url(database), timeout=timeout)
+        say(f"restore: plain SQL replayed in {time.monotonic() - started:.1f} s")
+        return [Phase("sql", time.monotonic() - started)]
+    program = tools.find("pg_restore", bindir or server.bindir)
     phases: list[Phase] = []
     for section in sections:
         args: list[str | Path] = [program, "--no-owner", "--no-privileges", f"--section={section}",

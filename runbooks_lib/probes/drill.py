@@ -407,6 +407,9 @@ def one_table(rb: Runbook, p: Params) -> OneTable:
     pl, o = _restorable(rb)
     assert pl.server is not None
     t: Taken = rb.snapshot("backup_taken")
+    if o.result.format == "plain":
+        raise SkipStep("a plain SQL backup cannot restore one table alone: take backups in "
+                       "pg_dump's directory or custom format")
     name = str(p["table"]) or _largest(t)
     if not name:
         raise SkipStep("no table to restore: give table")
@@ -482,6 +485,33 @@ class Cleaned:
     removed: list[str]
     kept: list[str]
     problems: list[str]
+    summary: list[dict[str, Any]]  # each phase's figure beside its objective
+
+
+def summary(rb: Runbook, p: Params) -> list[dict[str, Any]]:
+    """The drill in one table: what each phase measured, against its objective."""
+    def got(name: str) -> Any:
+        value = rb.snapshots.get(name)
+        return None if value is None or isinstance(value, Exception) else value
+
+    rows: list[dict[str, Any]] = []
+    r, v, t, x = got("restored"), got("verified"), got("one_table"), got("pitr_drill")
+    if r is not None:
+        rows.append({"measure": "RTO, full restore (s)", "value": round(r.rto_seconds, 1),
+                     "objective": float(p.get("rto_minutes", 30)) * 60})
+    if t is not None:
+        rows.append({"measure": "RTO, one table (s)", "value": round(t.seconds, 1),
+                     "objective": float(p.get("table_rto_minutes", 5)) * 60})
+    if x is not None:
+        rows.append({"measure": "RTO, point in time (s)", "value": round(x.rto_seconds, 1),
+                     "objective": float(p.get("pitr_rto_minutes", 15)) * 60})
+        rows.append({"measure": "RPO achieved (s)", "value": round(x.rpo_seconds, 3),
+                     "objective": float(p.get("rpo_wal_minutes", 15)) * 60})
+    if v is not None:
+        bad = len({d.object for d in v.differences})
+        rows.append({"measure": "tables verified", "value": len(v.restored_print.tables) - bad,
+                     "objective": len(v.restored_print.tables)})
+    return rows
 
 
 def cleaned(rb: Runbook, p: Params) -> Cleaned:
@@ -504,7 +534,7 @@ def cleaned(rb: Runbook, p: Params) -> Cleaned:
         shutil.rmtree(path, ignore_errors=True)
         pl.log.record("removed", "directory", path)
         removed.append(path)
-    return Cleaned(dropped, removed, kept, problems)
+    return Cleaned(dropped, removed, kept, problems, summary(rb, p))
 
 
 register_probe(Probe("drill_cleaned", cleaned, "Drops what the drill's log says it created.",
