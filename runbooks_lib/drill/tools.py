@@ -67,11 +67,12 @@ def split_secret(conninfo: str) -> tuple[str, dict[str, str]]:
 
 def run(args: Sequence[str | Path], conninfo: str | None = None, timeout: float | None = None,
         env: dict[str, str] | None = None, cwd: str | Path | None = None,
-        secrets: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        secrets: Sequence[str] = (), ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
     """Run a client program; a failure is a DrillError with its masked last words.
 
     When CONNINFO is given, ``{conninfo}`` in ARGS is replaced by it, password removed, and the
-    password is passed in the environment.
+    password is passed in the environment. Exit statuses in OK are not failures (pg_amcheck
+    exits 2 when it found corruption: its report is the result).
     """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     full_env.update(env or {})
@@ -91,7 +92,7 @@ def run(args: Sequence[str | Path], conninfo: str | None = None, timeout: float 
                          ) from None
     except OSError as exc:
         raise DrillError(f"cannot run {name}: {exc.strerror}") from None
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         words = (proc.stderr or proc.stdout).strip()[-1500:]
         raise DrillError(f"{name} failed (exit {proc.returncode}): {mask_text(words, *hidden)}")
     return proc
