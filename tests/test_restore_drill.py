@@ -8,6 +8,7 @@ restore target: the source is `cosnap`).
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from runbooks_lib.drill import keys
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import by_check, skipped
+from .conftest import by_check, make_base_dir, skipped
 
 pytestmark = pytest.mark.slow
 STEPS = ("inventory", "backup", "integrity", "restore", "verify", "one_table", "pitr", "cleanup")
@@ -34,9 +35,12 @@ def key_env(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def drill(make_runbook: Callable[..., Runbook], quiet: Sandbox, tmp_path: Path,
-          key_env: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Runbook]:
+          key_env: str, monkeypatch: pytest.MonkeyPatch,
+          request: pytest.FixtureRequest) -> Callable[..., Runbook]:
     monkeypatch.setenv("RB_TEST_RESTORE", quiet.url("postgres", "postgres"))
-    monkeypatch.setenv("RUNBOOKS_DRILL_DIR", str(tmp_path / "drills"))
+    drills = make_base_dir("pg-runbooks-drills-")  # the PITR server's system user reaches it
+    request.addfinalizer(lambda: shutil.rmtree(drills, ignore_errors=True))
+    monkeypatch.setenv("RUNBOOKS_DRILL_DIR", str(drills))
 
     def make(**params: Any) -> Runbook:
         params.setdefault("backup_dir", str(tmp_path / "backups"))
@@ -60,9 +64,15 @@ def databases(sb: Sandbox) -> set[str]:
 
 
 def one(rb: Runbook, check: str) -> Any:
+    """The first finding of CHECK (the others, and why, in the message when it is missing)."""
     found = by_check(rb, check)
     assert len(found) >= 1, (check, rb.report.findings, rb.report.skipped, rb.report.errors)
     return found[0]
+
+
+def severity(rb: Runbook, check: str) -> tuple[str, str]:
+    f = one(rb, check)
+    return f.severity, f"{f.title}: {f.detail}"
 
 
 def test_a_full_drill_verifies_every_table_and_cleans_up(drill: Callable[..., Runbook],
@@ -70,15 +80,15 @@ def test_a_full_drill_verifies_every_table_and_cleans_up(drill: Callable[..., Ru
     before = databases(quiet)
     rb = run(drill(pitr=True))
     assert not rb.report.errors, rb.report.errors
-    assert one(rb, "backup").severity == "ok"
-    assert one(rb, "backup_integrity").severity == "ok"
+    assert severity(rb, "backup")[0] == "ok", severity(rb, "backup")
+    assert severity(rb, "backup_integrity")[0] == "ok", severity(rb, "backup_integrity")
     assert one(rb, "restore").metric.name == "rto_seconds"
     verified = one(rb, "restore_verify")
     assert verified.severity == "ok" and verified.metric.name == "tables_verified"
     assert verified.metric.value >= 8  # the demo app's tables
-    assert one(rb, "restore_amcheck").severity == "ok"
-    assert one(rb, "restore_table").severity == "ok"
-    assert one(rb, "restore_cleanup").severity == "ok"
+    assert severity(rb, "restore_amcheck")[0] == "ok", severity(rb, "restore_amcheck")
+    assert severity(rb, "restore_table")[0] == "ok", severity(rb, "restore_table")
+    assert severity(rb, "restore_cleanup")[0] == "ok", severity(rb, "restore_cleanup")
     assert databases(quiet) == before  # the scratch databases are gone
     pitr = by_check(rb, "restore_pitr")
     if pitr:  # the sandbox's binaries: the drill ran (elsewhere it says why not)
@@ -87,7 +97,8 @@ def test_a_full_drill_verifies_every_table_and_cleans_up(drill: Callable[..., Ru
     else:
         assert skipped(rb, "pitr"), rb.report.skipped
     with psycopg.connect(quiet.url("postgres")) as c:
-        assert not c.execute("SELECT to_regclass('runbooks_drill_marker')").fetchone()[0]
+        row = c.execute("SELECT to_regclass('runbooks_drill_marker')").fetchone()
+        assert row is not None and row[0] is None
 
 
 @pytest.fixture
@@ -187,7 +198,9 @@ def test_a_legacy_openssl_backup_restores_but_is_not_authenticated(
 
     monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", "correct horse battery staple")
     (tmp_path / "backups").mkdir()
-    archive.write_legacy(quiet.url("postgres"), tmp_path / "backups", "BACKUP_ENCRYPTION_KEY")
+    archive.write_legacy(quiet.url("postgres"), tmp_path / "backups" /
+                         "cosnap-2025-01-01T02-00-00-daily.dump.gz.enc",
+                         passphrase="correct horse battery staple")
     rb = run(drill(take_backup=False), ("inventory", "backup", "integrity", "restore", "verify",
                                          "cleanup"))
     integrity = by_check(rb, "backup_integrity")

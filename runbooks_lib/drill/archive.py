@@ -136,11 +136,14 @@ def _toc_header(dump: Path, bindir: str | Path | None) -> dict[str, str]:
 def take_backup(source_conninfo: str, backup_dir: str | Path, *, jobs: int = 2,
                 compress_level: int = 6, key: Key | None = None, snapshot: str | None = None,
                 kind: str = "daily", bindir: str | Path | None = None,
-                say: Callable[[str], None] = print, timeout: float = 3600) -> BackupSet:
+                say: Callable[[str], None] = print, timeout: float = 3600,
+                extra: Callable[[], dict[str, Any]] | None = None) -> BackupSet:
     """``pg_dump -Fd`` into private staging, then every file sealed into a new set directory.
 
     SNAPSHOT (from ``pg_export_snapshot()``) lets the caller's transaction see exactly the data
-    dumped, to fingerprint it. The set appears under its final name only once complete."""
+    dumped, to fingerprint it; EXTRA, called once the files are sealed, adds entries to the
+    manifest (that fingerprint), sealed with it. The set appears under its final name only once
+    complete."""
     if kind not in KINDS:
         raise DrillError(f"unknown backup kind {kind!r}: use one of {', '.join(KINDS)}")
     if not 0 <= compress_level <= 9 or jobs < 1:
@@ -189,6 +192,8 @@ def take_backup(source_conninfo: str, backup_dir: str | Path, *, jobs: int = 2,
             "timings": {"dump_seconds": round(dump_s, 3), "seal_seconds": round(seal_s, 3)},
             "files": files,
         }
+        if extra is not None:
+            manifest.update(extra())
         write_json(partial / MANIFEST, manifest)
         os.chmod(partial / MANIFEST, 0o600)
         if key:

@@ -459,3 +459,27 @@ def _drop_amcheck(conninfo: str) -> None:
             conn.execute("DROP EXTENSION IF EXISTS amcheck")
     except psycopg.Error:
         pass  # it was never installed (no privilege): nothing to remove
+
+
+
+def to_dict(fp: Fingerprint) -> dict[str, Any]:
+    """FP as JSON data, for the backup's manifest: a later drill of that set
+    (take_backup=false) still compares the restored rows with the source as it was dumped."""
+    import dataclasses
+
+    return dataclasses.asdict(fp)
+
+
+def from_dict(data: dict[str, Any] | None) -> Fingerprint | None:
+    """A fingerprint from `to_dict`; None when absent or of another layout."""
+    if not data:
+        return None
+    try:
+        rest = dict(data)
+        tables = {k: TablePrint(**{**t, "chunks": tuple(tuple(c) for c in t["chunks"])})
+                  for k, t in rest.pop("tables").items()}
+        seqs = {k: SeqPrint(**{**q, "owner": tuple(q["owner"]) if q["owner"] else None})
+                for k, q in rest.pop("sequences").items()}
+        return Fingerprint(tables=tables, sequences=seqs, **rest)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -181,9 +181,11 @@ def restore(dump_dir: Path, server: Server, database: str, *, jobs: int = 2,
             tables: tuple[str, ...] = (), sections: tuple[str, ...] = SECTIONS,
             bindir: str | None = None, timeout: float = 3600, say: Say = print) -> list[Phase]:
     """pg_restore DUMP_DIR into DATABASE, one run per section; TABLES (schema-qualified
-    ``schema.name``) limits the data section to those tables. An error pg_restore goes on
-    past ("errors ignored on restore") is kept in the phase's warnings, not raised: the
-    verification then says what is missing."""
+    ``schema.name``) limits the data section to those tables: the schema around them is
+    restored whole (their types, their primary key and indexes: usable, not just present), and
+    foreign keys to tables left empty fail. An error pg_restore goes on past ("errors ignored on
+    restore") is kept in the phase's warnings, not raised: the verification then says what is
+    missing."""
     deadline = time.monotonic() + timeout
     if dump_dir.is_file() and dump_dir.suffix == ".sql":  # a plain dump: psql replays it
         started = time.monotonic()

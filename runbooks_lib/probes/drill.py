@@ -12,8 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,7 @@ HEAPALLINDEXED = Param("heapallindexed", bool, True,
                        "pg_amcheck also checks every heap tuple is in its indexes")
 PITR = Param("pitr", bool, True, "point-in-time recovery drill (two marker rows in a table "
              "it creates on the target, then drops)")
-BINDIR = Param("bindir", str, "", "PostgreSQL programs; empty means the embedded server's")
+BINDIR = Param("bindir", str, "", "PostgreSQL programs; empty means those of the embedded server")
 TIMEOUT = Param("drill_timeout_minutes", float, 60.0, "time limit of the whole drill", "min",
                 1, 1440)
 FULL_EVERY = Param("full_every_days", int, 7, "a full backup is due this often", "days", 1, 366)
@@ -236,36 +236,25 @@ def taken(rb: Runbook, p: Params) -> Taken:
     started = time.monotonic()
     out = Taken()
     try:
-        with _source_conn(pl) as conn:
+        with _source_conn(pl) as conn, ThreadPoolExecutor(1) as pool:
             snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
             assert snap is not None
-            box: dict[str, Any] = {}
+            # the fingerprint reads the snapshot while pg_dump dumps it; the manifest waits for it
+            printed = pool.submit(fingerprint.take, conn, chunk_rows=int(p["verify_chunk_rows"]),
+                                  deadline=pl.deadline)
 
-            def dump() -> None:
-                try:
-                    box["set"] = archive.take_backup(
-                        pl.source, pl.backup_dir, jobs=int(p["jobs"]),
-                        compress_level=int(p["compress_level"]), key=pl.key,
-                        snapshot=str(snap[0]), kind=str(p["backup_kind"]),
-                        bindir=str(p["bindir"]) or None, say=_say, timeout=pl.remaining())
-                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                    box["error"] = exc
+            def in_manifest() -> dict[str, Any]:
+                return {"fingerprint": fingerprint.to_dict(printed.result())}
 
-            worker = threading.Thread(target=dump, daemon=True)
-            worker.start()
-            t0 = time.monotonic()
-            out.source_print = fingerprint.take(conn, chunk_rows=int(p["verify_chunk_rows"]),
-                                                deadline=pl.deadline)
-            out.print_seconds = time.monotonic() - t0
-            worker.join(pl.remaining())
+            out.backup = archive.take_backup(
+                pl.source, pl.backup_dir, jobs=int(p["jobs"]),
+                compress_level=int(p["compress_level"]), key=pl.key, snapshot=str(snap[0]),
+                kind=str(p["backup_kind"]), bindir=str(p["bindir"]) or None, say=_say,
+                timeout=pl.remaining(), extra=in_manifest)
+            out.source_print = printed.result()
             conn.rollback()
-        if "error" in box:
-            raise box["error"]
-        if "set" not in box:
-            raise DrillError("the backup did not finish within drill_timeout_minutes")
-        out.backup = box["set"]
-        out.set_dir = box["set"].path
-        fingerprint.save(out.source_print, out.set_dir / "fingerprint.json")
+        out.set_dir = out.backup.path
+        out.print_seconds = out.source_print.seconds
         _say(f"backup: {out.set_dir.name}; source fingerprint of {len(out.source_print.tables)} "
              f"tables in {out.print_seconds:.1f} s")
     except (RunbookError, psycopg.Error) as exc:
@@ -285,10 +274,10 @@ def _chosen(pl: Plan, name: str) -> Taken:
     if chosen is None:
         return Taken(requested=False, error=f"no set {name} in {pl.backup_dir}; sets: "
                      + ", ".join(s.name for s in found[-10:]))
-    path = Path(chosen.path)
-    fp_file = path / "fingerprint.json" if path.is_dir() else None
-    fp = fingerprint.load(fp_file) if fp_file and fp_file.exists() else None
-    return Taken(set_dir=path, source_print=fp, requested=False, legacy=chosen.legacy)
+    fp = None
+    if not chosen.legacy and not chosen.problem:
+        fp = fingerprint.from_dict(archive.read_manifest(chosen.path).get("fingerprint"))
+    return Taken(set_dir=chosen.path, source_print=fp, requested=False, legacy=chosen.legacy)
 
 
 register_probe(Probe("backup_taken", taken, "A new backup (pg_dump -Fd, sealed) and the "
@@ -419,7 +408,7 @@ def one_table(rb: Runbook, p: Params) -> OneTable:
     started = time.monotonic()
     assert o.result.restore_path is not None
     restore.restore(o.result.restore_path, pl.server, database, jobs=int(p["jobs"]),
-                    tables=(key.replace('"', ""),), sections=("pre-data", "data"),
+                    tables=(key.replace('"', ""),),
                     bindir=str(p["bindir"]) or None, timeout=pl.remaining(), say=_say)
     seconds = time.monotonic() - started
     with psycopg.connect(pl.server.url(database), connect_timeout=10) as conn:
@@ -441,7 +430,8 @@ def one_table(rb: Runbook, p: Params) -> OneTable:
 def _largest(t: Taken) -> str:
     if t.source_print is None or not t.source_print.tables:
         return ""
-    return max(t.source_print.tables.values(), key=lambda x: (x.bytes, x.rows)).key
+    key, _ = max(t.source_print.tables.items(), key=lambda kv: (kv[1].bytes, kv[1].rows))
+    return str(key)
 
 
 def _qualified_key(name: str) -> str:
@@ -467,7 +457,8 @@ def pitr_drill(rb: Runbook, p: Params) -> Any:
     why = pitr.unmet(pl.source, bindir)
     if why:
         raise SkipStep(why)
-    work = pl.workdir / "pitr"
+    # beside the private workdir, not in it: the recovered server's system user must reach it
+    work = pl.workdir.with_name(pl.workdir.name + ".pitr")
     pl.log.record("created", "directory", str(work))
     try:
         return pitr.run_drill(pl.source, work, bindir, timeout=pl.remaining(), say=_say)
