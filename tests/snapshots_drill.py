@@ -14,6 +14,7 @@ from runbooks_lib.drill import archive, fingerprint, inventory, restore
 from runbooks_lib.drill.pitr import PitrResult
 from runbooks_lib.errors import DrillError, SkipStep
 from runbooks_lib.probes import drill as D
+from runbooks_lib.probes import drill_restore as R
 
 from .snapshots import NOW, fields, rows
 
@@ -104,13 +105,13 @@ def backup_opened(value: Any) -> D.Opened:
     return D.Opened(opened, 1.0, Path("/staging"))
 
 
-def restored(value: Any) -> D.Restored:
+def restored(value: Any) -> R.Restored:
     spec = fields(value, ("seconds", "errors"), "restored")
     secs = float(spec.get("seconds", 10))
     warnings = tuple(str(e) for e in rows(spec.get("errors"), "errors"))
     phases = [restore.Phase("pre-data", secs * 0.1), restore.Phase("data", secs * 0.6, warnings),
               restore.Phase("post-data", secs * 0.3)]
-    return D.Restored("drill_x", phases, secs, secs, 100_000_000)
+    return R.Restored("drill_x", phases, secs, secs, 100_000_000)
 
 
 def fingerprint_of(value: Any) -> fingerprint.Fingerprint:
@@ -124,7 +125,7 @@ def fingerprint_of(value: Any) -> fingerprint.Fingerprint:
     return fingerprint.Fingerprint({"tables": len(tables)}, tables, {}, 0.1)
 
 
-def verified(value: Any) -> D.Verified:
+def verified(value: Any) -> R.Verified:
     spec = fields(value, ("tables", "differences", "behind", "amcheck", "source"), "verified")
     got = fingerprint_of({"tables": spec.get("tables", [{"name": "users"}, {"name": "posts"}])})
     diffs = [fingerprint.Difference(**fields(d, ("kind", "object", "source", "restored",
@@ -133,13 +134,13 @@ def verified(value: Any) -> D.Verified:
     a = fields(spec.get("amcheck"), ("status", "why", "corrupt"), "amcheck")
     amcheck = fingerprint.AmcheckResult(str(a.get("status", "clean")), str(a.get("why", "")),
                                         {str(k): list(v) for k, v in (a.get("corrupt") or {}).items()})
-    return D.Verified(got, diffs, [str(x) for x in rows(spec.get("behind"), "behind")], amcheck,
+    return R.Verified(got, diffs, [str(x) for x in rows(spec.get("behind"), "behind")], amcheck,
                       1.0, bool(spec.get("source", True)))
 
 
-def one_table(value: Any) -> D.OneTable:
+def one_table(value: Any) -> R.OneTable:
     spec = fields(value, ("seconds", "matches", "detail", "rows"), "one_table")
-    return D.OneTable('"public"."posts"', "drill_x_table", float(spec.get("seconds", 3)),
+    return R.OneTable('"public"."posts"', "drill_x_table", float(spec.get("seconds", 3)),
                       int(spec.get("rows", 100)), spec.get("matches", True),
                       str(spec.get("detail", "")))
 
@@ -156,9 +157,9 @@ def pitr_drill(value: Any) -> PitrResult | DrillError:
                       rto / 2, rto, 50_000_000, ())
 
 
-def drill_cleaned(value: Any) -> D.Cleaned:
+def drill_cleaned(value: Any) -> R.Cleaned:
     spec = fields(value, ("dropped", "kept", "problems"), "drill_cleaned")
-    return D.Cleaned([str(x) for x in rows(spec.get("dropped", ["drill_x"]), "dropped")], [],
+    return R.Cleaned([str(x) for x in rows(spec.get("dropped", ["drill_x"]), "dropped")], [],
                      [str(x) for x in rows(spec.get("kept"), "kept")],
                      [str(x) for x in rows(spec.get("problems"), "problems")], [])
 

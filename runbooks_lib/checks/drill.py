@@ -15,6 +15,7 @@ from typing import Any
 from .. import present
 from ..findings import Finding, Metric, Skipped, graded
 from ..probes import drill as D
+from ..probes import drill_restore as R
 from ..registry import Check, Param, Params, register
 
 RTO = Param("rto_minutes", float, 30.0, "full restore objective", "min", 0.1, 100_000)
@@ -157,8 +158,9 @@ def pgbackrest(info: Any, p: Params) -> list[Finding]:
     return out
 
 
-register(Check("restore_drill.pgbackrest", "pgBackRest's own view", "pgbackrest info, when "
-               "pgBackRest is installed and configured here.", pgbackrest, ("pgbackrest_info",),
+register(Check("restore_drill.pgbackrest", "pgBackRest's own view", "The stanzas pgBackRest "
+               "itself knows (pgbackrest info), when it is installed and configured here: an "
+               "error status is critical.", pgbackrest, ("pgbackrest_info",),
                emits=("pgbackrest",)))
 
 
@@ -231,7 +233,7 @@ register(Check("restore_drill.integrity", "Integrity before restore", "Every che
 
 # -- restore, verification, one table, PITR -------------------------------------------------------
 
-def restored(r: D.Restored, pl: D.Plan, p: Params) -> list[Finding]:
+def restored(r: R.Restored, pl: D.Plan, p: Params) -> list[Finding]:
     prod = float(p["production_size_gb"]) * 1e9 or pl.source_bytes
     projected = r.rto_seconds * (prod / pl.source_bytes) if pl.source_bytes else r.rto_seconds
     rate = pl.source_bytes / r.rto_seconds / 1e6 if r.rto_seconds else 0.0
@@ -265,7 +267,7 @@ register(Check("restore_drill.restore", "Restore into a scratch database", "pg_r
                ("restore",)))
 
 
-def verify(v: D.Verified, p: Params) -> list[Finding | Skipped]:
+def verify(v: R.Verified, p: Params) -> list[Finding | Skipped]:
     out: list[Finding | Skipped] = []
     for d in v.differences:
         out.append(Finding("restore_verify", "critical", f"{d.object}: {d.kind}", d.detail,
@@ -305,7 +307,7 @@ def verify(v: D.Verified, p: Params) -> list[Finding | Skipped]:
     return out
 
 
-def show_verify(v: D.Verified, found: list[Finding], p: Params) -> None:
+def show_verify(v: R.Verified, found: list[Finding], p: Params) -> None:
     import pandas as pd
 
     bad = {d.object for d in v.differences}
@@ -322,7 +324,7 @@ register(Check("restore_drill.verify", "Verify the data exactly", "Object counts
                emits=("restore_verify", "restore_amcheck"), show=show_verify))
 
 
-def one_table(t: D.OneTable, p: Params) -> list[Finding]:
+def one_table(t: R.OneTable, p: Params) -> list[Finding]:
     objective = float(p["table_rto_minutes"]) * 60
     if t.matches is False:
         return [Finding("restore_table", "critical", f"One-table restore of {t.table} differs",
@@ -367,7 +369,7 @@ register(Check("restore_drill.pitr", "Point-in-time recovery", "A base backup (a
                pitr, ("pitr_drill",), (PITR_RTO, RPO_WAL), ("restore_pitr", "restore_rpo")))
 
 
-def cleanup(c: D.Cleaned, p: Params) -> list[Finding]:
+def cleanup(c: R.Cleaned, p: Params) -> list[Finding]:
     out = [Finding("restore_cleanup", "warning", f"Could not drop {x}",
                    remediation="drop it by hand once checked") for x in c.problems]
     if c.kept:
@@ -379,7 +381,7 @@ def cleanup(c: D.Cleaned, p: Params) -> list[Finding]:
     return out
 
 
-def show_summary(c: D.Cleaned, found: list[Finding], p: Params) -> None:
+def show_summary(c: R.Cleaned, found: list[Finding], p: Params) -> None:
     import pandas as pd
 
     present.show_table(pd.DataFrame(c.summary), "The drill against its objectives")

@@ -306,7 +306,7 @@ class _Drill:
         """The WAL from the last backup's end to ENDPOS, named as restore_command is asked.
 
         pg_receivewal has no start position: it resumes after the newest segment in its
-        directory, or at the start of a .partial one, so the backup's last segment is seeded
+        directory, or at the start of a .partial one, so the backup's last segment is put
         as .partial. Its own last segment stays .partial: renamed to the name recovery asks for.
         """
         wal = self.claim("wal")
