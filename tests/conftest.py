@@ -175,3 +175,12 @@ def drill_args(sb: Sandbox, tmp_path: Path) -> list[str]:
     (its default restore target would start the default sandbox)."""
     return ["-p", f"restore_target={sb.url('postgres', 'postgres')}",
             "-p", f"backup_dir={tmp_path / 'backups'}"]
+
+
+@pytest.fixture
+def drill_dir() -> Iterator[Path]:
+    """A RUNBOOKS_DRILL_DIR the recovered PITR server's system user can reach (not tmp_path:
+    pytest's base directory is closed to other users)."""
+    base = make_base_dir("pg-runbooks-drills-")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

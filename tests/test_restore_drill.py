@@ -8,7 +8,6 @@ restore target: the source is `cosnap`).
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from runbooks_lib.drill import keys
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox.server import Sandbox
 
-from .conftest import by_check, make_base_dir, skipped
+from .conftest import by_check, skipped
 
 pytestmark = pytest.mark.slow
 STEPS = ("inventory", "backup", "integrity", "restore", "verify", "one_table", "pitr", "cleanup")
@@ -35,12 +34,9 @@ def key_env(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def drill(make_runbook: Callable[..., Runbook], quiet: Sandbox, tmp_path: Path,
-          key_env: str, monkeypatch: pytest.MonkeyPatch,
-          request: pytest.FixtureRequest) -> Callable[..., Runbook]:
+          key_env: str, monkeypatch: pytest.MonkeyPatch, drill_dir: Path) -> Callable[..., Runbook]:
     monkeypatch.setenv("RB_TEST_RESTORE", quiet.url("postgres", "postgres"))
-    drills = make_base_dir("pg-runbooks-drills-")  # the PITR server's system user reaches it
-    request.addfinalizer(lambda: shutil.rmtree(drills, ignore_errors=True))
-    monkeypatch.setenv("RUNBOOKS_DRILL_DIR", str(drills))
+    monkeypatch.setenv("RUNBOOKS_DRILL_DIR", str(drill_dir))
 
     def make(**params: Any) -> Runbook:
         params.setdefault("backup_dir", str(tmp_path / "backups"))

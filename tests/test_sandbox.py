@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from runbooks_lib import demo
+from runbooks_lib.drill import keys
 from runbooks_lib.sandbox import server
 from runbooks_lib.sandbox.server import Sandbox
 
@@ -105,14 +106,16 @@ def test_demo_finds_every_injected_incident(tmp_path: Path) -> None:
         server.stop(base, remove=True)
 
 
-def test_demo_self_check_reports_what_a_healthy_run_misses(quiet: Sandbox, tmp_path: Path) -> None:
+def test_demo_self_check_reports_what_a_healthy_run_misses(quiet: Sandbox, tmp_path: Path,
+                                                           drill_dir: Path) -> None:
     """Every runbook runs (each findings file exists), so each expectation is missed for the
     right reason: the healthy server has no incident."""
     now = dt.datetime.now(dt.UTC).isoformat()  # earlier tests' errors are in the log before it
     proc = run_cli("run", "--all", "--out", str(tmp_path), "-p", "sample_seconds=1",
                    "-p", f"since={now}", *drill_args(quiet, tmp_path),
                    env={"DATABASE_URL": quiet.url("postgres"),
-                        "RUNBOOKS_DRILL_DIR": str(tmp_path / "drills")}, timeout=300)
+                        "RUNBOOKS_DRILL_DIR": str(drill_dir),
+                        "RUNBOOKS_BACKUP_KEY": keys.generate()}, timeout=300)
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     incidents = [e for e in demo.EXPECTED if e.severity != "ok"]
     problems = demo.missed(tmp_path, incidents)

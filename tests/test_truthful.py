@@ -206,7 +206,8 @@ def test_a_log_that_could_not_be_read_is_never_green(tmp_path: Path, quiet: Sand
 
 @pytest.mark.slow
 @pytest.mark.pg_stat_statements
-def test_a_busy_healthy_server_gives_no_warning(quiet: Sandbox, tmp_path: Path) -> None:
+def test_a_busy_healthy_server_gives_no_warning(quiet: Sandbox, tmp_path: Path,
+                                                drill_dir: Path) -> None:
     """pgbench (TPC-B with foreign keys) from 4 clients while every runbook runs: no warning,
     no critical, exit 0. A nightly report that warns every night is switched off."""
     pgbench = shutil.which("pgbench", path=quiet.bindir)
@@ -229,7 +230,7 @@ def test_a_busy_healthy_server_gives_no_warning(quiet: Sandbox, tmp_path: Path) 
         proc = run_cli("run", "--all", "--out", str(tmp_path), "-p", "sample_seconds=5",
                        "-p", f"since={since}", *drill_args(quiet, tmp_path),
                        env={"DATABASE_URL": quiet.url("postgres", "bench"),
-                            "RUNBOOKS_DRILL_DIR": str(tmp_path / "drills")}, timeout=300)
+                            "RUNBOOKS_DRILL_DIR": str(drill_dir)}, timeout=300)
     finally:
         load.terminate()
         load.wait(timeout=30)

@@ -216,8 +216,9 @@ def integrity(o: D.Opened, p: Params) -> list[Finding]:
                        f"Every {what} of {len(r.files)} files verified in {o.seconds:.1f} s",
                        f"{r.plain_bytes / 1e6:,.1f} MB at {r.mb_s:.0f} MB/s",
                        Metric("files_verified", len(r.files))))
-    if not r.authenticated:
-        out.append(Finding("backup_integrity", "warning", f"Backup {r.name} is not authenticated",
+    if not r.authenticated:  # ours unencrypted: said once, by the backup check, as a fact
+        out.append(Finding("backup_integrity", "warning" if r.legacy else "info",
+                           f"Backup {r.name} is not authenticated",
                            r.reason or "it is not encrypted: a checksum beside a file proves "
                            "nothing against someone who can rewrite both",
                            remediation="take backups with this runbook and a key: tink streaming "
