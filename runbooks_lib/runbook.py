@@ -212,6 +212,10 @@ class Runbook:
                 self.snapshots[name] = probe.fetch(self, self.params)
             except SkipStep as exc:
                 self.snapshots[name] = exc
+            except RunbookError as exc:  # reported once by the check that ran it; the checks
+                # after it skip rather than run a failed phase again (a restore twice)
+                self.snapshots[name] = SkipStep(f"{name} failed: {exc}")
+                raise
         value = self.snapshots[name]
         if isinstance(value, SkipStep):
             raise SkipStep(str(value))

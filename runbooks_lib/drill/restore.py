@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,9 +96,9 @@ def refuse_source(source_conninfo: str, server: Server, scratch: str) -> bool:
 
 
 def scratch_name(given: str, now: dt.datetime | None = None) -> str:
-    """GIVEN, or ``drill_<UTC timestamp>``."""
+    """GIVEN, or ``drill_<UTC timestamp>_<4 hex>`` (two drills in one second differ)."""
     t = now or dt.datetime.now(dt.UTC)
-    return given or f"drill_{t:%Y%m%d_%H%M%S}"
+    return given or f"drill_{t:%Y%m%d_%H%M%S}_{secrets.token_hex(2)}"
 
 
 class DrillLog:
