@@ -210,7 +210,8 @@ def _table(conn: psycopg.Connection[Any], t: _Table, chunk_rows: int, method: st
                 if left_ms <= 0:
                     raise _Deadline
                 conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(left_ms),))
-            result = result if why else _hash(conn, t, chunk_rows, method, deadline)
+            if not why:
+                result = _hash(conn, t, chunk_rows, method, deadline)
     except (_Deadline, errors.QueryCanceled) as exc:
         late = deadline is not None and time.monotonic() >= deadline
         why = "the deadline passed" if late or isinstance(exc, _Deadline) else str(exc)
