@@ -5,27 +5,28 @@
 exactly the dumped rows while the source keeps taking writes. `compare` lists what differs, table
 by table; `amcheck` runs pg_amcheck on the restored copy.
 
-How content is hashed, and why (figures in the drill's notes):
+How content is hashed, and why (measured by benchmarks/fingerprint.py):
 
-- A table with a primary key is read in key order, in chunks of ``chunk_rows`` found by keyset
-  pagination (an index probe finds the chunk's last key, then that key range is aggregated, so
-  the planner may read it in any order). A chunk is its row count and the sum of its rows' 64-bit
-  hashes; the chunks are chained with SHA-256 in key order. A row's hash covers its key, so a
-  changed or moved row changes its chunk, and the chunk list says where the first difference is.
-- "native" (PostgreSQL 14+): a row hashes with hash_record_extended over its columns, about 4x
+- A table with a primary key is read in key order, in chunks of ``chunk_rows`` (keyset
+  pagination: ``WHERE (key) > (last) ORDER BY key LIMIT n``, the chunk's max giving the next
+  ``last``; keys without max(), such as uuid or two columns, are found by an index probe). A
+  chunk is its row count and the sum of its rows' 64-bit hashes, chained with SHA-256 in key
+  order. A row's hash covers its key, so a changed or moved row changes its chunk, and the chunk
+  list says where the first difference is. A sum, not a xor: duplicates cancel in a xor.
+- "native" (PostgreSQL 14+): a row hashes with hash_record_extended over its columns, 2.5x
   faster than hashing its text; columns whose binary hash is not exact or not stable across a
-  restore (enums hash their OID, numeric hashes 1.0 like 1.00, nondeterministic collations) go
-  in as their text. "text" hashes the whole row's text: the only method on 13, and the one both
-  sides must use when one side is 13.
+  restore (enums hash their OID, numeric hashes 1.5 like 1.50, nondeterministic collations) go
+  in as their text. Floats and jsonb hash by value (-0 like 0, as PostgreSQL's = has them).
+  "text" hashes the row's text: the only method on 13, and both sides' when one side is 13.
 - A table without a primary key has no order to keep: its rows are hashed as a multiset in one
-  pass (a sum, not a xor, so duplicates count). Sorting by every column would spill the whole
-  table to disk on each side.
+  pass. Sorting by every column would spill the whole table to disk on each side.
 
 The hashes are 64-bit and not cryptographic: they find accidental damage, not a forger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
@@ -112,8 +113,10 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class Difference:
-    kind: str  # missing table, extra table, row count differs, content differs, not compared,
-    #            object count differs, object names differ, missing/extra sequence, sequence behind
+    """KIND: missing table, extra table, row count differs, content differs, not compared,
+    object count differs, object names differ, missing sequence, extra sequence, sequence behind."""
+
+    kind: str
     object: str
     source: Any
     restored: Any
@@ -145,7 +148,7 @@ class _Table:
 
 
 class _Deadline(Exception):
-    pass
+    """The caller's deadline passed between two chunks."""
 
 
 def take(conn: psycopg.Connection[Any], *, chunk_rows: int = CHUNK_ROWS,
@@ -174,32 +177,21 @@ def take(conn: psycopg.Connection[Any], *, chunk_rows: int = CHUNK_ROWS,
         if status == TransactionStatus.IDLE:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         else:
-            level = _one(conn, "SELECT current_setting('transaction_isolation')")
+            level = _fetch(conn, sql.SQL("SELECT current_setting('transaction_isolation')"))[0]
             if level not in ("repeatable read", "serializable"):
                 raise DrillError(f"take() needs a REPEATABLE READ transaction, not {level}: "
                                  "each chunk would see other rows")
         conn.execute(queries.get("fingerprint_settings", version).encode())
-        counts: dict[str, int] = {}
-        names: dict[str, str] = {}
-        for kind, n, digest in conn.execute(queries.get("fingerprint_objects", version).encode()):
-            counts[kind], names[kind] = int(n), str(digest)
-        found = [_Table(*row) for row in conn.execute(queries.get("fingerprint_tables", version)
-                                                       .encode())]
+        objects = conn.execute(queries.get("fingerprint_objects", version).encode()).fetchall()
+        found = [_Table(*row) for row in
+                 conn.execute(queries.get("fingerprint_tables", version).encode())]
         wanted = set(tables or ())
-        prints: dict[str, TablePrint] = {}
-        for t in found:
-            key = qualified(t.schema, t.name)
-            if wanted and not wanted & {key, f"{t.schema}.{t.name}", t.name}:
-                continue
-            prints[key] = _table(conn, t, chunk_rows, method, deadline)
+        prints = {qualified(t.schema, t.name): _table(conn, t, chunk_rows, method, deadline)
+                  for t in found
+                  if not wanted or wanted & {qualified(t.schema, t.name), f"{t.schema}.{t.name}", t.name}}
         sequences = _sequences(conn, version)
-    return Fingerprint(counts, prints, sequences, time.monotonic() - started, names, method,
-                       version)
-
-
-def _one(conn: psycopg.Connection[Any], query: str) -> Any:
-    row = conn.execute(query.encode()).fetchone()
-    return row[0] if row else None
+    return Fingerprint({k: int(n) for k, n, _ in objects}, prints, sequences,
+                       time.monotonic() - started, {k: str(d) for k, _, d in objects}, method, version)
 
 
 def _table(conn: psycopg.Connection[Any], t: _Table, chunk_rows: int, method: str,
@@ -211,21 +203,20 @@ def _table(conn: psycopg.Connection[Any], t: _Table, chunk_rows: int, method: st
     started = time.monotonic()
     why = "" if t.readable else "no SELECT privilege on the table"
     result: tuple[int, str, tuple[tuple[str, str], ...]] = (0, "", ())
-    if not why:
-        try:
-            with conn.transaction():
-                if deadline is not None:
-                    left_ms = int((deadline - time.monotonic()) * 1000)
-                    if left_ms <= 0:
-                        raise _Deadline
-                    conn.execute("SELECT set_config('statement_timeout', %s, true)",
-                                 (str(left_ms),))
+    try:  # rolled back: the statement_timeout set for the deadline ends with the table
+        with conn.transaction(force_rollback=True):
+            if deadline is not None and not why:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    raise _Deadline
+                conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(left_ms),))
+            if not why:
                 result = _hash(conn, t, chunk_rows, method, deadline)
-        except (_Deadline, errors.QueryCanceled) as exc:
-            late = deadline is not None and time.monotonic() >= deadline
-            why = "the deadline passed" if late or isinstance(exc, _Deadline) else str(exc)
-        except errors.InsufficientPrivilege as exc:
-            why = mask_text(str(exc).strip())
+    except (_Deadline, errors.QueryCanceled) as exc:
+        late = deadline is not None and time.monotonic() >= deadline
+        why = "the deadline passed" if late or isinstance(exc, _Deadline) else str(exc)
+    except errors.InsufficientPrivilege as exc:  # row-level security, as pg_dump would fail
+        why = mask_text(str(exc).strip())
     return TablePrint(t.schema, t.name, result[0], result[1], int(t.bytes), ordered_by,
                       time.monotonic() - started, result[2], why)
 
@@ -281,8 +272,8 @@ def _hash(conn: psycopg.Connection[Any], t: _Table, chunk_rows: int, method: str
         last = tuple(bound)
 
 
-def _fetch(conn: psycopg.Connection[Any], query: sql.Composed) -> tuple[Any, ...]:
-    row = conn.execute(query, prepare=False).fetchone()
+def _fetch(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[Any, ...]:
+    row = conn.execute(query.as_bytes(conn), prepare=False).fetchone()
     assert row is not None, "an aggregate returns a row"
     return tuple(row)
 
@@ -381,18 +372,18 @@ def compare(source: Fingerprint, restored: Fingerprint) -> list[Difference]:
 
 def _where_differs(s: TablePrint, r: TablePrint) -> str:
     """Where in key order the two tables first differ, from their chunk digests."""
-    if not s.chunks:
-        return f"ordered by {s.ordered_by}"
-    i = next((i for i, (a, b) in enumerate(zip(s.chunks, r.chunks, strict=False)) if a != b),
-             min(len(s.chunks), len(r.chunks)))
-    if i >= len(s.chunks):
-        return f"first difference after key {s.chunks[-1][0]} (in {s.ordered_by} order)"
+    pairs = zip(s.chunks, r.chunks, strict=False)
+    i = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(s.chunks), len(r.chunks)))
+    if not s.chunks or i >= len(s.chunks):
+        return f"ordered by {s.ordered_by}" + (f", after key {s.chunks[-1][0]}" if s.chunks else "")
     start = f"after key {s.chunks[i - 1][0]} " if i else ""
     return f"first difference {start}up to key {s.chunks[i][0]} (in {s.ordered_by} order)"
 
 
-_RELATION = re.compile(r'^(heap table|btree index|toast table) "([^"]*)"')
+_RELATION = re.compile(r'^(?:heap table|btree index|toast table) "([^"]*)"')
 _NOT_CORRUPTION = ("permission denied", "does not exist", "canceling statement", "lock timeout")
+_NO_PRIVILEGE = ("no privilege to run amcheck: a superuser installs it (or lets pg_amcheck do so) "
+                 "and may GRANT EXECUTE on its functions to the drill's role")
 
 
 def amcheck(restored_conninfo: str, *, heapallindexed: bool = True, jobs: int = 2,
@@ -404,62 +395,42 @@ def amcheck(restored_conninfo: str, *, heapallindexed: bool = True, jobs: int = 
     on the server, no privilege) is a "skipped" result that says why, never an exception.
     """
     started = time.monotonic()
-
-    def skipped(why: str) -> AmcheckResult:
-        return AmcheckResult("skipped", why, {}, time.monotonic() - started)
-
+    had = True
     try:
         program = tools.find("pg_amcheck", bindir)
-        had = _has_amcheck(restored_conninfo)
+        with psycopg.connect(restored_conninfo, autocommit=True) as conn:
+            had = _fetch(conn, sql.SQL("SELECT exists (SELECT FROM pg_extension "
+                                       "WHERE extname = 'amcheck')"))[0]
+        proc = tools.run([program, "--install-missing", f"--jobs={max(1, jobs)}",
+                          *(["--heapallindexed"] if heapallindexed else []), "{conninfo}"],
+                         restored_conninfo, timeout=timeout, ok=(0, 2))
     except (DrillError, psycopg.Error) as exc:
-        return skipped(mask_text(str(exc).strip()))
-    args: list[str | Path] = [program, "--install-missing", f"--jobs={max(1, jobs)}",
-                              *(["--heapallindexed"] if heapallindexed else []), "{conninfo}"]
-    try:
-        proc = tools.run(args, restored_conninfo, timeout=timeout, ok=(0, 2))
-    except DrillError as exc:
-        text = str(exc)
-        if "permission denied" in text or "must be superuser" in text.lower():
-            return skipped("no privilege to install amcheck (superuser, or a role granted "
-                           "EXECUTE on amcheck's functions once a superuser installed it)")
-        if "is not available" in text or "control file" in text:
-            return skipped("the amcheck extension is not installed on the server: install "
-                           "PostgreSQL's contrib modules (Debian: postgresql-contrib)")
-        return skipped(text)
+        text = mask_text(str(exc).strip())
+        if "permission denied" in text:
+            text = _NO_PRIVILEGE
+        elif "is not available" in text or "control file" in text:
+            text = ("the amcheck extension is not installed on the server: install PostgreSQL's "
+                    "contrib modules (Debian: postgresql-contrib)")
+        return AmcheckResult("skipped", text, {}, time.monotonic() - started)
     finally:
-        if not had:
-            _drop_amcheck(restored_conninfo)
+        if not had:  # remove what --install-missing added
+            with contextlib.suppress(psycopg.Error), psycopg.connect(
+                    restored_conninfo, autocommit=True) as conn:
+                conn.execute("DROP EXTENSION IF EXISTS amcheck")
     found: dict[str, list[str]] = {}
     current = ""
     for line in proc.stdout.splitlines():
-        m = _RELATION.match(line)
-        if m:
-            current = m.group(2)
+        if m := _RELATION.match(line):
+            current = m.group(1)
             found.setdefault(current, [])
         elif line.strip() and current:
             found[current].append(line.strip())
-    problems = [p for lines in found.values() for p in lines]
+    problems = [p.removeprefix("ERROR:").strip() for lines in found.values() for p in lines]
     if problems and all(any(n in p for n in _NOT_CORRUPTION) for p in problems):
-        first = problems[0].removeprefix("ERROR:").strip()
-        why = ("no privilege to run amcheck's functions: run as a superuser or GRANT EXECUTE "
-               "on them" if "permission denied" in first else f"pg_amcheck could not check: {first}")
-        return skipped(why)
+        why = _NO_PRIVILEGE if "permission denied" in problems[0] else problems[0]
+        return AmcheckResult("skipped", f"pg_amcheck could not check: {why}", {},
+                             time.monotonic() - started)
     return AmcheckResult("corrupt" if found else "clean", "", found, time.monotonic() - started)
-
-
-def _has_amcheck(conninfo: str) -> bool:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        return bool(_one(conn, "SELECT exists (SELECT FROM pg_extension WHERE extname = 'amcheck')"))
-
-
-def _drop_amcheck(conninfo: str) -> None:
-    """Remove the amcheck that --install-missing added (the copy must match its source)."""
-    try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute("DROP EXTENSION IF EXISTS amcheck")
-    except psycopg.Error:
-        pass  # it was never installed (no privilege): nothing to remove
-
 
 
 def to_dict(fp: Fingerprint) -> dict[str, Any]:
