@@ -8,6 +8,7 @@ restore target: the source is `cosnap`).
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from runbooks_lib.drill import keys
+from runbooks_lib.drill import keys, restore
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox.server import Sandbox
+from runbooks_lib.target import resolve
 
 from .conftest import by_check, skipped
 
@@ -218,3 +220,32 @@ def test_unreachable_restore_target_is_a_clear_refusal(drill: Callable[..., Runb
     refused = one(rb, "restore_refused")
     assert "secretpw" not in refused.detail and "cannot reach" in refused.detail
 
+
+
+def test_an_interrupted_drill_is_cleaned_up_by_the_next(drill: Callable[..., Runbook],
+                                                         quiet: Sandbox, drill_dir: Path) -> None:
+    """A drill killed half-way (SIGTERM, a reboot) left a decrypted staging directory, a
+    scratch database and the marker table; its log says so and its process is gone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    log = restore.DrillLog(drill_dir / "drill_killed" / "drill.jsonl")
+    log.record("started", "drill", str(dead.pid))
+    staging = drill_dir / "drill_killed" / "staging"
+    staging.mkdir()
+    (staging / "toc.dat").write_text("plaintext of the backup")
+    log.record("created", "directory", str(staging))
+    with psycopg.connect(quiet.url("postgres", "postgres"), autocommit=True) as c:
+        c.execute("CREATE DATABASE drill_killed")
+    log.record("created", "database", "drill_killed",
+               resolve(quiet.url("postgres", "postgres")).masked())
+    with psycopg.connect(quiet.url("postgres"), autocommit=True) as c:
+        c.execute("CREATE TABLE runbooks_drill_marker (id int)")
+    log.record("created", "table", "runbooks_drill_marker", resolve(quiet.url("postgres")).masked())
+    rb = run(drill(), ("backup", "cleanup"))
+    left = one(rb, "drill_leftovers")
+    assert left.severity == "warning" and "drill_killed" in left.detail, left
+    assert not staging.exists()
+    assert "drill_killed" not in databases(quiet)
+    with psycopg.connect(quiet.url("postgres")) as c:
+        row = c.execute("SELECT to_regclass('runbooks_drill_marker')").fetchone()
+        assert row is not None and row[0] is None

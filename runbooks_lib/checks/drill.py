@@ -28,6 +28,7 @@ RPO_WAL = Param("rpo_wal_minutes", float, 15.0, "data loss objective with WAL ar
                 0.1, 1_000_000)
 PRODUCTION_GB = Param("production_size_gb", float, 0.0,
                       "size the RTO is projected to; 0 means the source size", "GB", 0, 1_000_000)
+KEY_PROBLEMS = ("no key given", "wrong key", "bad decrypt", "no passphrase")
 NEXT_KEY = "keep a keyset in RUNBOOKS_BACKUP_KEY (runbooks backup-key makes one)"
 
 
@@ -42,7 +43,8 @@ def inventory(listing: D.Listing, p: Params) -> list[Finding]:
     out: list[Finding] = []
     if inv.empty:  # a fact when this drill takes the backup, a gap when it cannot
         return [Finding("backup_inventory", "info" if p["take_backup"] else "warning",
-                        f"No backup in {listing.backup_dir} yet",
+                        f"No earlier backup in {listing.backup_dir}" + (
+                            ": this drill takes the first" if p["take_backup"] else ""),
                         "nothing to restore but what this drill takes" if p["take_backup"]
                         else "nothing to restore", remediation="point backup_dir at the backups, "
                         "or schedule `runbooks run restore_drill` to take them")]
@@ -63,9 +65,13 @@ def inventory(listing: D.Listing, p: Params) -> list[Finding]:
                            remediation="find why the backup job did not run those days"))
     if inv.full_status != "ok":
         when = f"last one {_age(inv.full_age)} ago" if inv.full_age else "none found"
-        out.append(Finding("backup_missing", "warning", f"Full backup {inv.full_status}: {when} "
-                           f"(due every {p['full_every_days']} days)",
-                           remediation="take a full backup now and check its schedule"))
+        taking = p["take_backup"] and p["backup_kind"] in ("auto", "full")
+        out.append(Finding("backup_missing", "info" if taking else "warning",
+                           f"Full backup {inv.full_status}: {when} (due every "
+                           f"{p['full_every_days']} days)" + ("; this drill takes one now"
+                                                             if taking else ""),
+                           remediation="" if taking else "take a full backup now (backup_kind "
+                           "full) and check its schedule"))
     if inv.missing_months:
         out.append(Finding("backup_missing", "warning", "Monthly archive missing for "
                            + ", ".join(inv.missing_months),
@@ -102,7 +108,7 @@ register(Check("restore_drill.inventory", "Backups against the schedule and RPO"
                "Every backup set in backup_dir: the newest one's age against the RPO objective, "
                "missing daily backups, a late weekly full, the monthly archive, and what retention "
                "would prune (a preview: nothing is deleted).",
-               inventory, ("backup_listing",), (RPO, D.TAKE_BACKUP),
+               inventory, ("backup_listing",), (RPO, D.TAKE_BACKUP, D.BACKUP_KIND),
                ("backup_inventory", "backup_age", "backup_missing", "backup_retention"),
                show=show_inventory))
 
@@ -202,10 +208,16 @@ register(Check("restore_drill.backup", "The backup", "A new logical backup (pg_d
 def integrity(o: D.Opened, p: Params) -> list[Finding]:
     r = o.result
     bad = [f for f in r.files if not f.ok]
+    keyed = [f for f in bad if f.problem.startswith(KEY_PROBLEMS)]
     out = [Finding("backup_integrity", "critical", f"Backup file {f.name}: {f.problem}",
                    f.detail or "the set cannot be trusted: no restore was attempted",
                    remediation="restore an older set (backup_set) and find what altered this one")
-           for f in bad]
+           for f in bad if f not in keyed]
+    if keyed:  # one cause for every file: said once, with its own fix
+        out.insert(0, Finding("backup_integrity", "critical", f"Backup set {r.name}: "
+                              f"{keyed[0].problem}", f"{len(keyed)} files could not be opened; "
+                              "nothing was restored", remediation="give the key the set was "
+                              "sealed with (encryption_key_env or encryption_key_file)"))
     if not bad and not r.ok:
         out.append(Finding("backup_integrity", "critical", f"Backup set {r.name} cannot be opened",
                            "; ".join(r.problems), remediation="restore an older set (backup_set)"))
@@ -394,14 +406,25 @@ register(Check("restore_drill.cleanup", "Clean-up", "Drops only what the drill's
 
 
 def refused(pl: D.Plan, p: Params) -> list[Finding]:
-    if not pl.refused:
-        return []
-    raise_ = Finding("restore_refused", "critical", "Restore refused", pl.refused,
-                     remediation="give restore_target a server and database that are not the "
-                                 "source, and a scratch_name that does not exist")
-    return [raise_]
+    out: list[Finding] = []
+    if pl.recovered:
+        out.append(Finding("drill_leftovers", "warning", "An earlier drill was interrupted: "
+                           f"removed what it left ({len(pl.recovered)} items)",
+                           "; ".join(pl.recovered), remediation="find what stopped it (a "
+                           "timeout, a reboot, a kill): a drill killed half-way leaves a "
+                           "decrypted copy of the backup on disk until the next drill"))
+    if pl.refused:
+        unreachable = pl.refused.startswith("cannot reach")
+        out.append(Finding("restore_refused", "critical",
+                           "Restore target unreachable" if unreachable else "Restore refused",
+                           pl.refused,
+                           remediation="check restore_target (a server the drill can reach, "
+                                       "with CREATEDB)" if unreachable else
+                                       "give restore_target a server and database that are not "
+                                       "the source, and a scratch_name that does not exist"))
+    return out
 
 
 register(Check("restore_drill.plan", "Where the drill restores", "The restore target may never "
                "be the source database, and the scratch database must not exist yet.", refused,
-               ("drill_plan",), emits=("restore_refused",)))
+               ("drill_plan",), emits=("restore_refused", "drill_leftovers")))

@@ -136,7 +136,7 @@ def _toc_header(dump: Path, bindir: str | Path | None) -> dict[str, str]:
 def take_backup(source_conninfo: str, backup_dir: str | Path, *, jobs: int = 2,
                 compress_level: int = 6, key: Key | None = None, snapshot: str | None = None,
                 kind: str = "daily", bindir: str | Path | None = None,
-                say: Callable[[str], None] = print, timeout: float = 3600,
+                say: Callable[[str], None] = print, timeout: float = 3600, lock_wait_ms: int = 0,
                 extra: Callable[[], dict[str, Any]] | None = None) -> BackupSet:
     """``pg_dump -Fd`` into private staging, then every file sealed into a new set directory.
 
@@ -164,6 +164,8 @@ def take_backup(source_conninfo: str, backup_dir: str | Path, *, jobs: int = 2,
                                   "-Z", str(compress_level), "-f", dump]
         if snapshot:
             args.append(f"--snapshot={snapshot}")
+        if lock_wait_ms:  # behind a migration's lock: fail at once rather than queue behind it
+            args.append(f"--lock-wait-timeout={lock_wait_ms}ms")
         t0 = time.monotonic()
         tools.run(args, conninfo=target.conninfo, timeout=timeout)
         dump_s = time.monotonic() - t0

@@ -50,7 +50,7 @@ def generate() -> str:
 def parse(text: str, source: str) -> Key:
     """TEXT as a keyset; errors name SOURCE and never echo TEXT (nor tink's message about it)."""
     hint = ("does not hold a tink streaming AEAD keyset in cleartext JSON: make one with "
-            "runbooks_lib.drill.keys.generate()")
+            "runbooks backup-key")
     try:
         json.loads(text)
     except ValueError:

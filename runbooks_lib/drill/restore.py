@@ -65,14 +65,14 @@ def restore_server(spec: str, say: Say) -> Server:
     return Server(target.conninfo, target.masked())
 
 
-def identity(conninfo: str) -> tuple[str, str]:
-    """(system identifier, database) of the server CONNINFO reaches."""
+def identity(conninfo: str, what: str) -> tuple[str, str]:
+    """(system identifier, database) of the server CONNINFO reaches (WHAT names it)."""
     try:
         with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
             row = conn.execute("SELECT (SELECT system_identifier::text FROM pg_control_system()),"
                                " current_database()").fetchone()
     except psycopg.Error as exc:
-        raise DrillError(f"cannot reach the server: {mask_text(str(exc).strip())}") from None
+        raise DrillError(f"cannot reach {what}: {mask_text(str(exc).strip())}") from None
     assert row is not None
     return str(row[0]), str(row[1])
 
@@ -81,8 +81,8 @@ def refuse_source(source_conninfo: str, server: Server, scratch: str) -> bool:
     """DrillError when the restore target is the source database (same server by system
     identifier, same database) or SCRATCH would be; True when the restore server is the
     source's own server (a cost worth saying, not a refusal)."""
-    src_id, src_db = identity(source_conninfo)
-    dst_id, dst_db = identity(server.conninfo)
+    src_id, src_db = identity(source_conninfo, "the source")
+    dst_id, dst_db = identity(server.conninfo, f"the restore server {server.shown}")
     if src_id != dst_id:
         return False
     if dst_db == src_db:
@@ -132,6 +132,45 @@ class DrillLog:
             elif e["event"] == "removed" and e["name"] in out:
                 out.remove(e["name"])
         return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def interrupted(drill_dir: Path, mine: Path) -> list[DrillLog]:
+    """The logs of other drills under DRILL_DIR whose process is gone but whose log still
+    lists something created (a drill killed half-way: SIGTERM, a reboot)."""
+    out: list[DrillLog] = []
+    for path in sorted(drill_dir.glob("*/drill.jsonl")) if drill_dir.is_dir() else []:
+        if path.parent == mine:
+            continue
+        log = DrillLog(path)
+        pids = [int(e["name"]) for e in log.entries() if e["event"] == "started"]
+        if pids and alive(pids[-1]):
+            continue
+        if any(log.live(kind) for kind in ("database", "directory", "table")):
+            out.append(log)
+    return out
+
+
+def stop_server_in(path: Path) -> None:
+    """Stop a postmaster whose data directory is under PATH (a recovered PITR copy)."""
+    import signal
+
+    for pidfile in path.rglob("postmaster.pid"):
+        try:
+            pid = int(pidfile.read_text().split()[0])
+            if alive(pid):
+                os.kill(pid, signal.SIGQUIT)  # immediate: the copy is thrown away anyway
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 from .. import present
 from ..drill import archive, fingerprint, inventory, keys, restore, tools
@@ -34,8 +35,9 @@ TAKE_BACKUP = Param("take_backup", bool, True,
                     "take a new backup of the target first and restore that one")
 BACKUP_SET = Param("backup_set", str, "latest",
                    "set restored when no backup is taken: latest or a set name")
-BACKUP_KIND = Param("backup_kind", str, "daily", "kind recorded for a new backup", "",
-                    choices=("full", "daily", "monthly"))
+BACKUP_KIND = Param("backup_kind", str, "auto", "kind of a new backup; auto means full when "
+                    "one is due by full_every_days, else daily", "",
+                    choices=("auto", "full", "daily", "monthly"))
 KEY_ENV = Param("encryption_key_env", str, "RUNBOOKS_BACKUP_KEY",
                 "environment variable holding the tink keyset (its name, never the key)")
 KEY_FILE = Param("encryption_key_file", str, "", "or a keyset file only its owner may read")
@@ -43,9 +45,23 @@ LEGACY_ENV = Param("legacy_passphrase_env", str, "BACKUP_ENCRYPTION_KEY",
                    "variable holding the passphrase of openssl enc backups")
 JOBS = Param("jobs", int, 2, "parallel pg_dump and pg_restore jobs", "", 1, 64)
 COMPRESS = Param("compress_level", int, 6, "gzip level of a new backup", "", 0, 9)
+def _not_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty")
+    return text
+
+
+def _scratch(text: str) -> str:
+    if len(text.encode()) > 57:  # 63 bytes, less the one-table copy's _table
+        raise ValueError("too long")
+    return text
+
+
 RESTORE_TARGET = Param("restore_target", str, "sandbox",
-                       "server for the scratch database: sandbox (embedded) or a target")
-SCRATCH = Param("scratch_name", str, "", "scratch database; empty means drill_ and the UTC time")
+                       "server for the scratch database: sandbox (embedded) or a target", "",
+                       form=_not_empty, form_help="sandbox, env:VAR, service:NAME or a DSN")
+SCRATCH = Param("scratch_name", str, "", "scratch database; empty means drill_ and the UTC time",
+                form=_scratch, form_help="a database name of at most 57 bytes")
 KEEP = Param("keep_scratch", bool, False, "keep the scratch databases for inspection")
 TABLE = Param("table", str, "", "table of the one-table restore; empty means the largest")
 CHUNK = Param("verify_chunk_rows", int, 50_000, "rows hashed per query", "", 1000, 10_000_000)
@@ -104,6 +120,7 @@ class Plan:
     refused: str = ""
     key: Any = None  # keys.Key
     key_problem: str = ""
+    recovered: list[str] = field(default_factory=list)  # left by an interrupted drill, removed
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -124,6 +141,7 @@ def plan(rb: Runbook, p: Params) -> Plan:
               started + float(p["drill_timeout_minutes"]) * 60,
               Path(str(p["backup_dir"])) if p["backup_dir"] else default_backup_dir(),
               workdir, restore.DrillLog(workdir / "drill.jsonl"), scratch)
+    pl.log.record("started", "drill", str(os.getpid()))
     try:
         pl.key = keys.load(str(p["encryption_key_env"]), str(p["encryption_key_file"]) or None)
     except DrillError as exc:
@@ -139,7 +157,39 @@ def plan(rb: Runbook, p: Params) -> Plan:
                                  "another scratch_name")
     except RunbookError as exc:
         pl.refused = rb.mask(str(exc))
+    pl.recovered = recover(pl, rb.target.masked())
     return pl
+
+
+def recover(pl: Plan, source_shown: str) -> list[str]:
+    """Remove what drills killed half-way left behind (their logs say what): decrypted staging,
+    PITR copies, scratch databases on this restore server, the marker table on this source."""
+    done: list[str] = []
+    for log in restore.interrupted(default_drill_dir(), pl.workdir):
+        for path in log.live("directory"):
+            restore.stop_server_in(Path(path))
+            shutil.rmtree(path, ignore_errors=True)
+            log.record("removed", "directory", path)
+            done.append(f"directory {path}")
+        for e in [e for e in log.entries() if e["event"] == "created"]:
+            if e["kind"] == "database" and pl.server and e["where"] == pl.server.shown \
+                    and e["name"] in log.live("database"):
+                try:
+                    restore.drop_scratch(pl.server, e["name"], log)
+                    done.append(f"database {e['name']}")
+                except (RunbookError, psycopg.Error):
+                    continue
+            elif e["kind"] == "table" and e["where"] == source_shown \
+                    and e["name"] in log.live("table"):
+                try:
+                    with psycopg.connect(pl.source, connect_timeout=10, autocommit=True) as c:
+                        c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                            sql.Identifier(e["name"])))  # in the role's schema, as created
+                    log.record("removed", "table", e["name"], e["where"])
+                    done.append(f"table {e['name']}")
+                except psycopg.Error:
+                    continue
+    return done
 
 
 register_probe(Probe("drill_plan", plan, "Where the drill restores; refusals before any change.",
@@ -248,8 +298,9 @@ def taken(rb: Runbook, p: Params) -> Taken:
             out.backup = archive.take_backup(
                 pl.source, pl.backup_dir, jobs=int(p["jobs"]),
                 compress_level=int(p["compress_level"]), key=pl.key, snapshot=str(snap[0]),
-                kind=str(p["backup_kind"]), bindir=str(p["bindir"]) or None, say=_say,
-                timeout=pl.remaining(), extra=in_manifest)
+                kind=kind_of(rb, p), bindir=str(p["bindir"]) or None, say=_say,
+                timeout=pl.remaining(), extra=in_manifest,
+                lock_wait_ms=10 * int(p["lock_timeout_ms"]))
             out.source_print = printed.result()
             conn.rollback()
         out.set_dir = out.backup.path
@@ -260,6 +311,18 @@ def taken(rb: Runbook, p: Params) -> Taken:
         out.error = rb.mask(str(exc).strip())
     out.seconds = time.monotonic() - started
     return out
+
+
+def kind_of(rb: Runbook, p: Params) -> str:
+    """backup_kind, or with auto: full when the policy says a full one is due, else daily."""
+    kind = str(p["backup_kind"])
+    if kind != "auto":
+        return kind
+    try:
+        listing: Listing = rb.snapshot("backup_listing")
+    except SkipStep:
+        return "full"
+    return "daily" if listing.inventory.full_status == "ok" else "full"
 
 
 def _chosen(pl: Plan, name: str) -> Taken:
@@ -275,13 +338,18 @@ def _chosen(pl: Plan, name: str) -> Taken:
                      + ", ".join(s.name for s in found[-10:]))
     fp = None
     if not chosen.legacy and not chosen.problem:
-        fp = fingerprint.from_dict(archive.read_manifest(chosen.path).get("fingerprint"))
+        manifest = archive.read_manifest(chosen.path)
+        if manifest.get("database") not in (None, pl.source_db):
+            return Taken(requested=False, error=f"set {chosen.name} is a backup of database "
+                         f"{manifest['database']}, not of the target {pl.source_db}: point "
+                         "backup_dir at this database's backups, or the target at that database")
+        fp = fingerprint.from_dict(manifest.get("fingerprint"))
     return Taken(set_dir=chosen.path, source_print=fp, requested=False, legacy=chosen.legacy)
 
 
 register_probe(Probe("backup_taken", taken, "A new backup (pg_dump -Fd, sealed) and the "
                      "source's fingerprint in its snapshot; or the chosen existing set.",
-                     params=(TAKE_BACKUP, BACKUP_SET, BACKUP_KIND, JOBS, COMPRESS, CHUNK,
+                     params=(TAKE_BACKUP, BACKUP_SET, BACKUP_KIND, FULL_EVERY, JOBS, COMPRESS, CHUNK,
                              BINDIR), needs=("drill_plan",)))
 
 
@@ -303,6 +371,8 @@ def opened(rb: Runbook, p: Params) -> Opened:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, mode=0o700)
     pl.log.record("created", "directory", str(staging))
+    if pl.key_problem:  # a key given but unusable: say that, not "no key" for every file
+        raise DrillError(pl.key_problem)
     passphrase = keys.legacy_passphrase(str(p["legacy_passphrase_env"]))
     started = time.monotonic()
     result = archive.open_set(t.set_dir, pl.key, staging, legacy_passphrase=passphrase,

@@ -107,6 +107,9 @@ def one_table(rb: Runbook, p: Params) -> OneTable:
     if not name:
         raise SkipStep("no table to restore: give table")
     key = _qualified_key(name)
+    if t.source_print is not None and key not in t.source_print.tables:
+        raise SkipStep(f"no table {key} in the backup; its tables: "
+                       + ", ".join(sorted(t.source_print.tables)[:20]))
     database = f"{pl.scratch}_table"
     restore.create_scratch(pl.server, database, pl.log)
     started = time.monotonic()
@@ -164,10 +167,14 @@ def pitr_drill(rb: Runbook, p: Params) -> Any:
     # beside the private workdir, not in it: the recovered server's system user must reach it
     work = pl.workdir.with_name(pl.workdir.name + ".pitr")
     pl.log.record("created", "directory", str(work))
+    # before it exists: a drill killed half-way leaves it, and the next drill drops it
+    pl.log.record("created", "table", pitr.MARKER, rb.report.target)
     try:
         return pitr.run_drill(pl.source, work, bindir, timeout=pl.remaining(), say=_say)
     except DrillError as exc:
         return exc
+    finally:  # run_drill drops its table, also on failure
+        pl.log.record("removed", "table", pitr.MARKER, rb.report.target)
 
 
 register_probe(Probe("pitr_drill", pitr_drill, "A base backup, WAL, and recovery to a time "
