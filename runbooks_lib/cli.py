@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -174,8 +175,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (cron's or systemd's stop) ends a run like Ctrl-C: what was found is written."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG)
     try:
@@ -187,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runbooks: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("runbooks: interrupted", file=sys.stderr)
+        print("runbooks: interrupted; what was found until then is written (findings, report, "
+              "summary)", file=sys.stderr)
         return 130
     return code
 

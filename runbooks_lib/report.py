@@ -32,7 +32,7 @@ from .findings import (
     write_text,
 )
 from .params import UsageError, validate
-from .target import mask_text
+from .target import mask_text, resolve
 
 log = logging.getLogger("runbooks_lib")
 
@@ -64,12 +64,11 @@ def kernel_manager_class() -> type:
         def _ip_default(self) -> str:
             return str(Path(tempfile.mkdtemp(prefix="runbooks-kernel-")) / "k")
 
-        async def _launch_kernel(  # type: ignore[override]  # async in AsyncKernelManager
-                self, kernel_cmd: list[str], **kw: Any) -> None:
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
             # the kernel's own stderr is no result: cell errors come back through the protocol,
-            # and libzmq can print an assertion while a finished kernel is torn down
-            kw.setdefault("stderr", subprocess.DEVNULL)
-            await AsyncKernelManager._launch_kernel(self, kernel_cmd, **kw)
+            # and libzmq or the kernel's logger print tracebacks while it is torn down
+            kw["stderr"] = kw["stdout"] = subprocess.DEVNULL  # its output is in the protocol
+            await AsyncKernelManager._async_launch_kernel(self, kernel_cmd, **kw)
 
     return IPCKernelManager
 
@@ -158,11 +157,16 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
         timeout_s = max(timeout_s, int(float(given.get("drill_timeout_minutes",
                                                        drill.default)) * 60) + 120)
     failure: StepError | None = None
+    interrupted = False
     try:
         papermill.execute_notebook(str(path), str(nb_out), parameters=given, kernel_name="python3",
                                    progress_bar=False, log_output=False,
                                    execution_timeout=timeout_s, cwd=str(out),
                                    kernel_manager_class=kernel_manager_class())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was found is still written, then we stop
+        interrupted = True
+        failure = StepError("interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it "
+                            "finished: the findings above are what it found until then")
     except Exception as exc:  # noqa: BLE001 - papermill raises many kinds; all end in the report
         failure = _failed_step(exc, nb_out, secrets)
         log.debug("runbook %s failed", name, exc_info=True)
@@ -189,9 +193,35 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     counts = {s: sum(1 for f in data["findings"] if f["severity"] == s)
               for s in ("critical", "warning", "info", "ok")}
     counts["skipped"] = len(data.get("skipped", []))
-    return Outcome(name, data["status"], code, data["duration_s"], counts, data["errors"],
-                   {"notebook": nb_out.name, "html": html_out.name,
-                    "findings": findings_path.name}, data["findings"])
+    outcome = Outcome(name, data["status"], code, data["duration_s"], counts, data["errors"],
+                      {"notebook": nb_out.name, "html": html_out.name,
+                       "findings": findings_path.name}, data["findings"])
+    if interrupted:
+        raise Interrupted(outcome)
+    return outcome
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal, carrying the outcome of the runbook it stopped (written)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.name)
+        self.outcome = outcome
+
+
+def after_interrupt(typed: dict[str, Any]) -> None:
+    """What a stopped restore drill left (decrypted staging, scratch databases, the marker
+    table) removed now, rather than at the next drill: its kernel is gone."""
+    from .drill import restore
+    from .probes.drill import default_drill_dir
+
+    try:
+        source = resolve(str(typed["target"]))
+        server = restore.restore_server(str(typed.get("restore_target", "sandbox")),
+                                        lambda _: None)
+        restore.recover(default_drill_dir(), None, server, source.conninfo, source.masked())
+    except Exception:  # noqa: BLE001 - best effort: the next drill removes what is left
+        log.debug("clean-up after an interrupt failed", exc_info=True)
 
 
 def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
@@ -377,9 +407,18 @@ def run(names: list[str], target: str, out: Path | None = None,
         shown = _shown(str(typed["target"]))
         started = dt.datetime.now(dt.UTC)
         outcomes: list[Outcome] = []
+        stopped: Interrupted | None = None
         with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
             for name in names:
-                outcomes.append(run_one(name, books[name], out, safe, secrets, timeout_s, shown))
+                try:
+                    outcomes.append(run_one(name, books[name], out, safe, secrets, timeout_s,
+                                            shown))
+                except Interrupted as exc:
+                    outcomes.append(exc.outcome)
+                    stopped = exc
+                    if name == "restore_drill":
+                        after_interrupt(typed)
+                    break
         code = max((o.exit_code for o in outcomes), default=0)
         summary = {
             "started_at": iso(started),
@@ -397,6 +436,8 @@ def run(names: list[str], target: str, out: Path | None = None,
         write_json(out / "summary.json", summary)
         write_alerts(out, outcomes, shown)
         write_metrics(out, outcomes)
+    if stopped is not None:  # every output written: now stop, as the signal asked
+        raise stopped
     return code, summary
 
 

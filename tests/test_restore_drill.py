@@ -7,8 +7,11 @@ restore target: the source is `cosnap`).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox.server import Sandbox
 from runbooks_lib.target import resolve
 
-from .conftest import by_check, skipped
+from .conftest import by_check, retry, skipped
 
 pytestmark = pytest.mark.slow
 STEPS = ("inventory", "backup", "integrity", "restore", "verify", "one_table", "pitr", "cleanup")
@@ -249,3 +252,32 @@ def test_an_interrupted_drill_is_cleaned_up_by_the_next(drill: Callable[..., Run
     with psycopg.connect(quiet.url("postgres")) as c:
         row = c.execute("SELECT to_regclass('runbooks_drill_marker')").fetchone()
         assert row is not None and row[0] is None
+
+
+def test_a_drill_stopped_by_sigterm_writes_what_it_found_and_leaves_nothing(
+        quiet: Sandbox, tmp_path: Path, drill_dir: Path, key_env: str) -> None:
+    """cron or systemd stops a job with SIGTERM: the partial report is written (status could
+    not run), and the decrypted staging and scratch databases are removed at once."""
+    before = databases(quiet)
+    env = {**os.environ, "DATABASE_URL": quiet.url("postgres"), "RUNBOOKS_DRILL_DIR": str(drill_dir)}
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runbooks_lib", "run", "restore_drill", "--out", str(out),
+         "-p", f"restore_target={quiet.url('postgres', 'postgres')}",
+         "-p", f"backup_dir={tmp_path / 'backups'}", "-p", f"encryption_key_env={key_env}",
+         "-p", f"bindir={os.environ.get('RUNBOOKS_TEST_BINDIR', '')}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def restored() -> bool:  # stop it once its scratch database exists: mid-drill
+        return any(d.startswith("drill_") for d in databases(quiet) - before)
+    retry(restored, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    data = json.loads((out / "restore_drill.findings.json").read_text())
+    assert data["status"] == "could not run" and data["errors"][-1]["step"] == "interrupted"
+    assert data["findings"] and (out / "restore_drill.html").exists()
+    assert (out / "summary.json").exists()
+    assert databases(quiet) == before
+    assert not list(drill_dir.rglob("staging"))

@@ -173,6 +173,38 @@ def stop_server_in(path: Path) -> None:
             continue
 
 
+def recover(drill_dir: Path, mine: Path | None, server: Server | None, source: str,
+            source_shown: str) -> list[str]:
+    """Remove what drills killed half-way left behind (their logs say what): decrypted staging,
+    PITR copies, scratch databases on SERVER, the marker table on SOURCE. Anything on another
+    server or source is left for a drill that targets it."""
+    import shutil
+
+    done: list[str] = []
+    for log in interrupted(drill_dir, mine or drill_dir):
+        for path in log.live("directory"):
+            stop_server_in(Path(path))
+            shutil.rmtree(path, ignore_errors=True)
+            log.record("removed", "directory", path)
+            done.append(f"directory {path}")
+        for e in [e for e in log.entries() if e["event"] == "created"]:
+            try:
+                if e["kind"] == "database" and server and e["where"] == server.shown \
+                        and e["name"] in log.live("database"):
+                    drop_scratch(server, e["name"], log)
+                    done.append(f"database {e['name']}")
+                elif e["kind"] == "table" and e["where"] == source_shown \
+                        and e["name"] in log.live("table"):
+                    with psycopg.connect(source, connect_timeout=10, autocommit=True) as c:
+                        c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                            sql.Identifier(e["name"])))  # in the role's schema, as created
+                    log.record("removed", "table", e["name"], e["where"])
+                    done.append(f"table {e['name']}")
+            except (DrillError, psycopg.Error):
+                continue
+    return done
+
+
 @contextmanager
 def admin(server: Server) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     try:

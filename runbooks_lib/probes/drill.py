@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
 
 from .. import present
 from ..drill import archive, fingerprint, inventory, keys, restore, tools
@@ -157,39 +156,9 @@ def plan(rb: Runbook, p: Params) -> Plan:
                                  "another scratch_name")
     except RunbookError as exc:
         pl.refused = rb.mask(str(exc))
-    pl.recovered = recover(pl, rb.target.masked())
+    pl.recovered = restore.recover(default_drill_dir(), pl.workdir, pl.server, pl.source,
+                                   rb.target.masked())
     return pl
-
-
-def recover(pl: Plan, source_shown: str) -> list[str]:
-    """Remove what drills killed half-way left behind (their logs say what): decrypted staging,
-    PITR copies, scratch databases on this restore server, the marker table on this source."""
-    done: list[str] = []
-    for log in restore.interrupted(default_drill_dir(), pl.workdir):
-        for path in log.live("directory"):
-            restore.stop_server_in(Path(path))
-            shutil.rmtree(path, ignore_errors=True)
-            log.record("removed", "directory", path)
-            done.append(f"directory {path}")
-        for e in [e for e in log.entries() if e["event"] == "created"]:
-            if e["kind"] == "database" and pl.server and e["where"] == pl.server.shown \
-                    and e["name"] in log.live("database"):
-                try:
-                    restore.drop_scratch(pl.server, e["name"], log)
-                    done.append(f"database {e['name']}")
-                except (RunbookError, psycopg.Error):
-                    continue
-            elif e["kind"] == "table" and e["where"] == source_shown \
-                    and e["name"] in log.live("table"):
-                try:
-                    with psycopg.connect(pl.source, connect_timeout=10, autocommit=True) as c:
-                        c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-                            sql.Identifier(e["name"])))  # in the role's schema, as created
-                    log.record("removed", "table", e["name"], e["where"])
-                    done.append(f"table {e['name']}")
-                except psycopg.Error:
-                    continue
-    return done
 
 
 register_probe(Probe("drill_plan", plan, "Where the drill restores; refusals before any change.",
