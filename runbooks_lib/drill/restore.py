@@ -173,6 +173,18 @@ def stop_server_in(path: Path) -> None:
             continue
 
 
+def prune(drill_dir: Path, days: int = 30) -> None:
+    """Drop the logs of finished drills older than DAYS (their work is gone already)."""
+    import shutil
+
+    cutoff = time.time() - days * 86400
+    for path in drill_dir.glob("*/drill.jsonl") if drill_dir.is_dir() else []:
+        log = DrillLog(path)
+        if path.stat().st_mtime < cutoff and not any(
+                log.live(k) for k in ("database", "directory", "table")):
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def recover(drill_dir: Path, mine: Path | None, server: Server | None, source: str,
             source_shown: str) -> list[str]:
     """Remove what drills killed half-way left behind (their logs say what): decrypted staging,
@@ -290,5 +302,6 @@ def restore(dump_dir: Path, server: Server, database: str, *, jobs: int = 2,
                              if "error:" in line)[:20]
         phases.append(Phase(section, time.monotonic() - started, warnings))
         say(f"restore: {section} in {phases[-1].seconds:.1f} s"
-            + (f" ({len(warnings)} errors ignored)" if warnings else ""))
+            + (f" ({len(warnings)} errors ignored, the first: {warnings[0][:160]})"
+               if warnings else ""))
     return phases

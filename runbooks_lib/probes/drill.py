@@ -9,6 +9,7 @@ not a crash) and the phases after it are skipped with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -147,6 +148,8 @@ def plan(rb: Runbook, p: Params) -> Plan:
         pl.key_problem = str(exc)
     try:
         pl.server = restore.restore_server(str(p["restore_target"]), _say)
+        if pl.server.sandbox and pl.source_db == "postgres":  # its maintenance database
+            pl.server = dataclasses.replace(pl.server, conninfo=pl.server.url("template1"))
         pl.same_server = restore.refuse_source(pl.source, pl.server, scratch)
         with restore.admin(pl.server) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
@@ -156,6 +159,7 @@ def plan(rb: Runbook, p: Params) -> Plan:
                                  "another scratch_name")
     except RunbookError as exc:
         pl.refused = rb.mask(str(exc))
+    restore.prune(default_drill_dir())
     pl.recovered = restore.recover(default_drill_dir(), pl.workdir, pl.server, pl.source,
                                    rb.target.masked())
     return pl

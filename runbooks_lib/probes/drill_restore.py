@@ -199,20 +199,20 @@ def summary(rb: Runbook, p: Params) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     r, v, t, x = got("restored"), got("verified"), got("one_table"), got("pitr_drill")
     if r is not None:
-        rows.append({"measure": "RTO, full restore (s)", "value": round(r.rto_seconds, 1),
-                     "objective": float(p.get("rto_minutes", 30)) * 60})
+        rows.append({"measure": "RTO, full restore (s)", "value": f"{r.rto_seconds:.1f}",
+                     "objective": f"{float(p.get('rto_minutes', 30)) * 60:g}"})
     if t is not None:
-        rows.append({"measure": "RTO, one table (s)", "value": round(t.seconds, 1),
-                     "objective": float(p.get("table_rto_minutes", 5)) * 60})
+        rows.append({"measure": "RTO, one table (s)", "value": f"{t.seconds:.1f}",
+                     "objective": f"{float(p.get('table_rto_minutes', 5)) * 60:g}"})
     if x is not None:
-        rows.append({"measure": "RTO, point in time (s)", "value": round(x.rto_seconds, 1),
-                     "objective": float(p.get("pitr_rto_minutes", 15)) * 60})
-        rows.append({"measure": "RPO achieved (s)", "value": round(x.rpo_seconds, 3),
-                     "objective": float(p.get("rpo_wal_minutes", 15)) * 60})
+        rows.append({"measure": "RTO, point in time (s)", "value": f"{x.rto_seconds:.1f}",
+                     "objective": f"{float(p.get('pitr_rto_minutes', 15)) * 60:g}"})
+        rows.append({"measure": "RPO achieved (s)", "value": f"{x.rpo_seconds:.3f}",
+                     "objective": f"{float(p.get('rpo_wal_minutes', 15)) * 60:g}"})
     if v is not None:
         bad = len({d.object for d in v.differences})
-        rows.append({"measure": "tables verified", "value": len(v.restored_print.tables) - bad,
-                     "objective": len(v.restored_print.tables)})
+        rows.append({"measure": "tables verified", "value": str(len(v.restored_print.tables) - bad),
+                     "objective": str(len(v.restored_print.tables))})
     return rows
 
 
