@@ -281,3 +281,15 @@ def test_a_drill_stopped_by_sigterm_writes_what_it_found_and_leaves_nothing(
     assert (out / "summary.json").exists()
     assert databases(quiet) == before
     assert not list(drill_dir.rglob("staging"))
+
+
+def test_kept_scratch_databases_are_dropped_as_printed(drill: Callable[..., Runbook],
+                                                       quiet: Sandbox) -> None:
+    before = databases(quiet)
+    rb = run(drill(keep_scratch=True), ("backup", "integrity", "restore", "one_table", "cleanup"))
+    kept = one(rb, "restore_cleanup")
+    assert kept.severity == "info" and len(databases(quiet) - before) == 2
+    with psycopg.connect(quiet.url("postgres", "postgres"), autocommit=True) as c:
+        for statement in kept.remediation.split(": ", 1)[1].split(" DROP"):
+            c.execute(statement if statement.startswith("DROP") else "DROP" + statement)
+    assert databases(quiet) == before

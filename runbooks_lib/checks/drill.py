@@ -17,6 +17,7 @@ from ..findings import Finding, Metric, Skipped, graded
 from ..probes import drill as D
 from ..probes import drill_restore as R
 from ..registry import Check, Param, Params, register
+from ..sqltext import ident
 
 RTO = Param("rto_minutes", float, 30.0, "full restore objective", "min", 0.1, 100_000)
 PITR_RTO = Param("pitr_rto_minutes", float, 15.0, "point-in-time recovery objective", "min", 0.1,
@@ -387,7 +388,8 @@ def cleanup(c: R.Cleaned, p: Params) -> list[Finding]:
                    remediation="drop it by hand once checked") for x in c.problems]
     if c.kept:
         out.append(Finding("restore_cleanup", "info", "Kept for inspection: " + ", ".join(c.kept),
-                           remediation="drop them when done (keep_scratch=false drops them)"))
+                           remediation="drop them on the restore server when done: " + " ".join(
+                               f"DROP DATABASE {ident(name)};" for name in c.kept)))
     if not out:
         out.append(Finding("restore_cleanup", "ok", f"Dropped what the drill created: "
                            f"{', '.join(c.dropped) or 'nothing'}"))
