@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runbooks_lib.drill import keys, restore
+from runbooks_lib.drill import archive, keys, restore
 from runbooks_lib.runbook import Runbook
 from runbooks_lib.sandbox.server import Sandbox
 from runbooks_lib.target import resolve
@@ -293,3 +293,14 @@ def test_kept_scratch_databases_are_dropped_as_printed(drill: Callable[..., Runb
         for statement in kept.remediation.split(": ", 1)[1].split(" DROP"):
             c.execute(statement if statement.startswith("DROP") else "DROP" + statement)
     assert databases(quiet) == before
+
+
+def test_an_existing_encrypted_set_is_verified_from_its_sealed_fingerprint(
+        drill: Callable[..., Runbook], tmp_path: Path) -> None:
+    run(drill(), ("backup", "cleanup"))
+    (set_dir,) = [p for p in (tmp_path / "backups").iterdir() if p.is_dir()]
+    plain = (set_dir / "manifest.json").read_text()
+    assert json.loads(plain)["fingerprint"] == archive.SEALED
+    assert "comments" not in plain  # table names and row counts only in the sealed copy
+    rb = run(drill(take_backup=False), ("backup", "integrity", "restore", "verify", "cleanup"))
+    assert severity(rb, "restore_verify")[0] == "ok", severity(rb, "restore_verify")

@@ -44,6 +44,7 @@ __all__ = ["BackupSet", "FileCheck", "Opened", "open_set", "read_manifest", "set
 
 FORMAT, FORMAT_VERSION = "pg-runbooks backup set", 1
 MANIFEST, SEALED_MANIFEST, SEALED_SUFFIX = "manifest.json", "manifest.sealed", ".tink"
+SEALED = "in manifest.sealed"  # a plain manifest's entry that only the sealed copy holds
 _SET_NAME = re.compile(r"^\d{8}T\d{6}Z-[a-z]+$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")  # a file of the set, not a path
 NOT_SEALED = ("the set is not encrypted: the SHA-256 sums in its manifest prove nothing against "
@@ -194,14 +195,17 @@ def take_backup(source_conninfo: str, backup_dir: str | Path, *, jobs: int = 2,
             "timings": {"dump_seconds": round(dump_s, 3), "seal_seconds": round(seal_s, 3)},
             "files": files,
         }
-        if extra is not None:
-            manifest.update(extra())
-        write_json(partial / MANIFEST, manifest)
+        sealed_only = extra() if extra is not None else {}
+        # what EXTRA adds (table names, row counts) is not for the readers of an encrypted
+        # set's plain manifest: there it only says where it is
+        shown = {k: SEALED if key else v for k, v in sealed_only.items()}
+        write_json(partial / MANIFEST, {**manifest, **shown})
         os.chmod(partial / MANIFEST, 0o600)
         if key:
             with key.aead.new_encrypting_stream(create(partial / SEALED_MANIFEST),
                                                 MANIFEST.encode()) as sink:
-                sink.write(json.dumps(manifest).encode())
+                sink.write(json.dumps({**manifest, **sealed_only}).encode())
+        manifest.update(sealed_only)
         os.rename(partial, root / name)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -263,16 +267,27 @@ def _check_stored(set_dir: Path, entry: dict[str, Any]) -> str:
     return ""
 
 
-def _check_sealed_manifest(set_dir: Path, manifest: dict[str, Any], key: Key) -> str:
+def sealed_manifest(set_dir: Path, key: Key) -> dict[str, Any]:
+    """The manifest as sealed with KEY (it alone holds the entries marked SEALED in the plain
+    one); DrillError when it is missing or does not open."""
     path = set_dir / SEALED_MANIFEST
     if not path.is_file():
-        return f"missing file ({SEALED_MANIFEST}, the sealed copy of the manifest)"
+        raise DrillError(f"missing file ({SEALED_MANIFEST}, the sealed copy of the manifest)")
     try:
         with key.aead.new_decrypting_stream(open(path, "rb"), MANIFEST.encode()) as src:
-            sealed = json.loads(src.read())
+            data: dict[str, Any] = json.loads(src.read())
     except tink.TinkError as exc:
-        return _tink_problem(exc) + f" ({SEALED_MANIFEST})"
-    return "" if sealed == manifest else "altered: it differs from its sealed copy"
+        raise DrillError(_tink_problem(exc) + f" ({SEALED_MANIFEST})") from None
+    return data
+
+
+def _check_sealed_manifest(set_dir: Path, manifest: dict[str, Any], key: Key) -> str:
+    try:
+        sealed = sealed_manifest(set_dir, key)
+    except DrillError as exc:
+        return str(exc)
+    shown = {k: SEALED if manifest.get(k) == SEALED else v for k, v in sealed.items()}
+    return "" if shown == manifest else "altered: it differs from its sealed copy"
 
 
 def _open_ours(set_dir: Path, key: Key | None, work: Path, jobs: int) -> Opened:

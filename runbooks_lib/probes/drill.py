@@ -316,7 +316,13 @@ def _chosen(pl: Plan, name: str) -> Taken:
             return Taken(requested=False, error=f"set {chosen.name} is a backup of database "
                          f"{manifest['database']}, not of the target {pl.source_db}: point "
                          "backup_dir at this database's backups, or the target at that database")
-        fp = fingerprint.from_dict(manifest.get("fingerprint"))
+        printed = manifest.get("fingerprint")
+        if printed == archive.SEALED and pl.key is not None:
+            try:
+                printed = archive.sealed_manifest(chosen.path, pl.key).get("fingerprint")
+            except DrillError:
+                printed = None  # the integrity check says why
+        fp = fingerprint.from_dict(printed if isinstance(printed, dict) else None)
     return Taken(set_dir=chosen.path, source_print=fp, requested=False, legacy=chosen.legacy)
 
 
