@@ -213,13 +213,12 @@ def after_interrupt(typed: dict[str, Any]) -> None:
     """What a stopped restore drill left (decrypted staging, scratch databases, the marker
     table) removed now, rather than at the next drill: its kernel is gone."""
     from .drill import restore
-    from .probes.drill import default_drill_dir
 
     try:
         source = resolve(str(typed["target"]))
         server = restore.restore_server(str(typed.get("restore_target", "sandbox")),
                                         lambda _: None)
-        restore.recover(default_drill_dir(), None, server, source.conninfo, source.masked())
+        restore.recover(restore.default_drill_dir(), None, server, source.conninfo, source.masked())
     except Exception:  # noqa: BLE001 - best effort: the next drill removes what is left
         log.debug("clean-up after an interrupt failed", exc_info=True)
 

@@ -33,6 +33,25 @@ SECTIONS = ("pre-data", "data", "post-data")
 Say = Callable[[str], None]
 
 
+def _state_dir(env: str, leaf: str) -> Path:
+    given = os.environ.get(env)
+    if given:
+        return Path(given)
+    if os.geteuid() == 0:  # the sandbox's system user must reach PITR files: not under /root
+        return Path("/var/lib/pg-runbooks") / leaf
+    home = Path.home() / ".local" / ("share" if leaf == "backups" else "state")
+    base = Path(os.environ.get("XDG_DATA_HOME" if leaf == "backups" else "XDG_STATE_HOME", home))
+    return base / "pg-runbooks" / leaf
+
+
+def default_backup_dir() -> Path:
+    return _state_dir("RUNBOOKS_BACKUP_DIR", "backups")
+
+
+def default_drill_dir() -> Path:
+    return _state_dir("RUNBOOKS_DRILL_DIR", "drills")
+
+
 @dataclass(frozen=True)
 class Server:
     """Where scratch databases are created: an admin conninfo (secret) and how to show it."""

@@ -79,25 +79,6 @@ MONTHLY_KEEP = Param("monthly_keep_days", int, 365, "monthly archives are kept t
                      1, 36600)
 
 
-def _state_dir(env: str, leaf: str) -> Path:
-    given = os.environ.get(env)
-    if given:
-        return Path(given)
-    if os.geteuid() == 0:  # the sandbox's system user must reach PITR files: not under /root
-        return Path("/var/lib/pg-runbooks") / leaf
-    home = Path.home() / ".local" / ("share" if leaf == "backups" else "state")
-    base = Path(os.environ.get("XDG_DATA_HOME" if leaf == "backups" else "XDG_STATE_HOME", home))
-    return base / "pg-runbooks" / leaf
-
-
-def default_backup_dir() -> Path:
-    return _state_dir("RUNBOOKS_BACKUP_DIR", "backups")
-
-
-def default_drill_dir() -> Path:
-    return _state_dir("RUNBOOKS_DRILL_DIR", "drills")
-
-
 def _say(text: str) -> None:
     present.show_text(text)
 
@@ -135,11 +116,11 @@ def plan(rb: Runbook, p: Params) -> Plan:
     s = rb.session
     size = int(s.row("SELECT pg_database_size(current_database()) AS b")["b"])
     scratch = restore.scratch_name(str(p["scratch_name"]))
-    workdir = default_drill_dir() / scratch
+    workdir = restore.default_drill_dir() / scratch
     started = time.monotonic()
     pl = Plan(rb.target.conninfo, s.facts.database, size, started,
               started + float(p["drill_timeout_minutes"]) * 60,
-              Path(str(p["backup_dir"])) if p["backup_dir"] else default_backup_dir(),
+              Path(str(p["backup_dir"])) if p["backup_dir"] else restore.default_backup_dir(),
               workdir, restore.DrillLog(workdir / "drill.jsonl"), scratch)
     pl.log.record("started", "drill", str(os.getpid()))
     try:
@@ -159,8 +140,8 @@ def plan(rb: Runbook, p: Params) -> Plan:
                                  "another scratch_name")
     except RunbookError as exc:
         pl.refused = rb.mask(str(exc))
-    restore.prune(default_drill_dir())
-    pl.recovered = restore.recover(default_drill_dir(), pl.workdir, pl.server, pl.source,
+    restore.prune(restore.default_drill_dir())
+    pl.recovered = restore.recover(restore.default_drill_dir(), pl.workdir, pl.server, pl.source,
                                    rb.target.masked())
     return pl
 
@@ -181,7 +162,7 @@ class Listing:
 
 
 def listing(rb: Runbook, p: Params) -> Listing:
-    bdir = Path(str(p["backup_dir"])) if p["backup_dir"] else default_backup_dir()
+    bdir = Path(str(p["backup_dir"])) if p["backup_dir"] else restore.default_backup_dir()
     found = archive.sets(bdir) if bdir.is_dir() else []  # no directory yet: nothing in it
     policy = inventory.Policy(int(p["full_every_days"]), int(p["full_keep_days"]),
                               int(p["daily_keep_days"]), int(p["monthly_keep_days"]))
