@@ -78,6 +78,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/latency_catalog.py
 	$(BIN)/python benchmarks/log_scan.py
+	$(BIN)/python benchmarks/restore_drill.py
+	if [ -x $(PG15_BINDIR)/postgres ]; then \
+	  $(BIN)/python benchmarks/restore_drill.py --bindir $(PG15_BINDIR) --parts plain,drill,pgbackrest; \
+	else echo "restore_drill against pgBackRest: $(PG15_BINDIR) not installed (Debian's pgBackRest 2.45 reads up to 15), left out"; fi
 
 # Jupyter refuses to run as root without --allow-root; it listens on loopback only, as the sandbox.
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
