@@ -1,4 +1,4 @@
-"""The restore drill against plain pg_dump/pg_restore and pgBackRest, on one database (issue 9).
+"""The restore drill against plain pg_dump/pg_restore and pgBackRest, on one database (issue 10).
 
 On a sandbox server holding the demo app at benchmark size (``--scale``, at least 700 MB by
 pg_database_size; kept in ``--dir`` with its generation time, so re-runs skip it):
