@@ -170,11 +170,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...
 def findings_of(data: dict[str, Any], check: str) -> list[dict[str, Any]]:
     return [f for f in data["findings"] if f["check"] == check]
 
+
 def drill_args(sb: Sandbox, tmp_path: Path) -> list[str]:
     """`run --all` parameters that keep the restore drill on the test's own sandbox and files
     (its default restore target would start the default sandbox)."""
     return ["-p", f"restore_target={sb.url('postgres', 'postgres')}",
-            "-p", f"backup_dir={tmp_path / 'backups'}"]
+            "-p", f"backup_dir={tmp_path / 'backups'}",
+            "-p", f"bindir={os.environ.get('RUNBOOKS_TEST_BINDIR', '')}"]  # the server's own
 
 
 @pytest.fixture
