@@ -37,6 +37,8 @@ from .target import mask_text, resolve
 log = logging.getLogger("runbooks_lib")
 
 SECRET_PARAMS = ("target", "admin_target", "restore_target")
+# parameters naming files or directories (log_source: a path or glob, or auto)
+PATH_PARAMS = ("log_source", "audit_log", "backup_dir", "encryption_key_file", "bindir")
 
 
 def notebook_dir() -> Path:
@@ -85,6 +87,22 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def absolute_paths(params: dict[str, Any]) -> dict[str, Any]:
+    """Relative paths made absolute against our working directory: the kernel runs in --out.
+
+    >>> absolute_paths({"bindir": "pg/bin"})["bindir"] == os.path.join(os.getcwd(), "pg/bin")
+    True
+    >>> absolute_paths({"log_source": "auto", "jobs": 2, "backup_dir": "/srv/b"})
+    {'log_source': 'auto', 'jobs': 2, 'backup_dir': '/srv/b'}
+    """
+    out = dict(params)
+    for key in PATH_PARAMS:
+        value = out.get(key)
+        if isinstance(value, str) and value and value != "auto":
+            out[key] = os.path.abspath(os.path.expanduser(value))
+    return out
 
 
 def hide_secrets(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -398,6 +416,7 @@ def run(names: list[str], target: str, out: Path | None = None,
     books = available()
     typed: dict[str, Any] = dict(validate(names, params or {}))
     typed["target"] = typed.get("target", target)
+    typed = absolute_paths(typed)
     out = (out or default_out_dir()).resolve()  # the kernel runs with cwd=out: no relative paths
     with claimed(out):
         safe, env = hide_secrets(typed)
