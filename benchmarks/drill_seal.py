@@ -24,7 +24,7 @@ from pathlib import Path
 from runbooks_lib.drill import keys, seal
 
 
-def _status_mb(field: str) -> float | None:
+def status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
@@ -35,7 +35,7 @@ def _status_mb(field: str) -> float | None:
 
 
 def rss_mb() -> float:
-    return _status_mb("VmRSS") or 0.0
+    return status_mb("VmRSS") or 0.0
 
 
 def peak_rss_mb(reset: bool = False) -> float:
@@ -45,7 +45,7 @@ def peak_rss_mb(reset: bool = False) -> float:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         except OSError:
             pass
-    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

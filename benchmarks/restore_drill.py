@@ -59,6 +59,9 @@ from psycopg import sql
 
 from runbooks_lib.sandbox import demo, server
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the checkout
+from benchmarks.drill_seal import peak_rss_mb, status_mb  # noqa: E402 - after the line above
+
 ROOT = Path(__file__).resolve().parent.parent
 BIG_DB, SMALL_DB = "cosnap", "cosnap_small"
 COUNTED = ("backup", "integrity", "restore", "verify")  # the drill of the ratio
@@ -71,26 +74,6 @@ START = time.strftime("%Y-%m-%dT%H:%M:%S")
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mb(reset: bool = False) -> float:
-    """Peak resident memory since the last reset (Linux VmHWM; ru_maxrss where /proc cannot)."""
-    if reset:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def maxrss_mb(who: int) -> float:
@@ -218,7 +201,7 @@ def drill_child(spec_path: str, out_path: str) -> None:
     os.environ["RB_BENCH_RESTORE"] = spec["restore"]
     os.environ["RUNBOOKS_DRILL_DIR"] = spec["drill_dir"]
     work = Path(spec["work"])
-    rss_start = _status_mb("VmRSS") or 0.0
+    rss_start = status_mb("VmRSS") or 0.0
     rb = Runbook.start("restore_drill", {
         "target": "env:RB_BENCH_URL", "restore_target": "env:RB_BENCH_RESTORE",
         "backup_dir": str(work / "backups"), "encryption_key_env": "RB_BENCH_KEY",
