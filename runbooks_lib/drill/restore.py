@@ -248,12 +248,18 @@ def admin(server: Server) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         yield conn
 
 
+def refuse_existing(conn: psycopg.Connection[tuple[object, ...]], server: Server,
+                    name: str) -> None:
+    """DrillError when database NAME exists on SERVER: the drill restores only into its own."""
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        raise DrillError(f"database {name} already exists on {server.shown}: the drill only "
+                         "restores into a database it creates; choose another scratch_name")
+
+
 def create_scratch(server: Server, name: str, log: DrillLog) -> None:
     """CREATE DATABASE NAME on SERVER; an existing database of that name is refused."""
     with admin(server) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            raise DrillError(f"database {name} already exists on {server.shown}: the drill only "
-                             "restores into a database it creates; choose another scratch_name")
+        refuse_existing(conn, server, name)
         try:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
                 sql.Identifier(name)))

@@ -79,6 +79,10 @@ MONTHLY_KEEP = Param("monthly_keep_days", int, 365, "monthly archives are kept t
                      1, 36600)
 
 
+def backup_dir(p: Params) -> Path:
+    return Path(str(p["backup_dir"])) if p["backup_dir"] else restore.default_backup_dir()
+
+
 def _say(text: str) -> None:
     present.show_text(text)
 
@@ -120,7 +124,7 @@ def plan(rb: Runbook, p: Params) -> Plan:
     started = time.monotonic()
     pl = Plan(rb.target.conninfo, s.facts.database, size, started,
               started + float(p["drill_timeout_minutes"]) * 60,
-              Path(str(p["backup_dir"])) if p["backup_dir"] else restore.default_backup_dir(),
+              backup_dir(p),
               workdir, restore.DrillLog(workdir / "drill.jsonl"), scratch)
     pl.log.record("started", "drill", str(os.getpid()))
     try:
@@ -133,11 +137,7 @@ def plan(rb: Runbook, p: Params) -> Plan:
             pl.server = dataclasses.replace(pl.server, conninfo=pl.server.url("template1"))
         pl.same_server = restore.refuse_source(pl.source, pl.server, scratch)
         with restore.admin(pl.server) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                            (scratch,)).fetchone():
-                raise DrillError(f"database {scratch} already exists on {pl.server.shown}: the "
-                                 "drill only restores into a database it creates; choose "
-                                 "another scratch_name")
+            restore.refuse_existing(conn, pl.server, scratch)
     except RunbookError as exc:
         pl.refused = rb.mask(str(exc))
     restore.prune(restore.default_drill_dir())
@@ -162,7 +162,7 @@ class Listing:
 
 
 def listing(rb: Runbook, p: Params) -> Listing:
-    bdir = Path(str(p["backup_dir"])) if p["backup_dir"] else restore.default_backup_dir()
+    bdir = backup_dir(p)
     found = archive.sets(bdir) if bdir.is_dir() else []  # no directory yet: nothing in it
     policy = inventory.Policy(int(p["full_every_days"]), int(p["full_keep_days"]),
                               int(p["daily_keep_days"]), int(p["monthly_keep_days"]))
@@ -233,7 +233,7 @@ def taken(rb: Runbook, p: Params) -> Taken:
     if pl.refused:
         raise SkipStep(f"restore refused: {pl.refused}")
     if not p["take_backup"]:
-        return _chosen(pl, str(p["backup_set"]))
+        return _chosen(pl, str(p["backup_set"]), rb.snapshot("backup_listing").sets)
     if pl.key_problem:
         return Taken(error=pl.key_problem)
     started = time.monotonic()
@@ -279,8 +279,7 @@ def kind_of(rb: Runbook, p: Params) -> str:
     return "daily" if listing.inventory.full_status == "ok" else "full"
 
 
-def _chosen(pl: Plan, name: str) -> Taken:
-    found = archive.sets(pl.backup_dir) if pl.backup_dir.is_dir() else []
+def _chosen(pl: Plan, name: str, found: list[Any]) -> Taken:
     if not found:
         return Taken(requested=False, error=f"no backup set in {pl.backup_dir}: take one "
                      "(take_backup=true) or point backup_dir at the backups")
@@ -310,7 +309,7 @@ def _chosen(pl: Plan, name: str) -> Taken:
 register_probe(Probe("backup_taken", taken, "A new backup (pg_dump -Fd, sealed) and the "
                      "source's fingerprint in its snapshot; or the chosen existing set.",
                      params=(TAKE_BACKUP, BACKUP_SET, BACKUP_KIND, FULL_EVERY, JOBS, COMPRESS, CHUNK,
-                             BINDIR), needs=("drill_plan",)))
+                             BINDIR), needs=("drill_plan", "backup_listing")))
 
 
 # -- integrity, then the restore -------------------------------------------------------------
