@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG)
+    else:  # a cell abandoned by an interrupt dies with its kernel: asyncio would print its
+        # DeadKernelError as a traceback whenever the task is collected
+        logging.getLogger("asyncio").disabled = True
     try:
         code: int = args.fn(args)
     except UsageError as exc:
