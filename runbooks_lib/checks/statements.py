@@ -41,7 +41,7 @@ SINCE = Param("since", str, "",
 N1_CALLS = Param("n_plus_one_min_calls", int, 100,
                  "calls in the window before a per-row statement is an N+1 suspect", "", 1)
 BUSY_SHARE = 0.5  # a dominant statement that keeps half a core busy is a warning
-SHOWN = ["time_share", "total_exec_time", "calls", "mean_ms", "rows", "shared_blks_read",
+SHOWN = ["queryid", "time_share", "total_exec_time", "calls", "mean_ms", "rows", "shared_blks_read",
          "temp_blks_written", "user", "database", "query"]
 
 

@@ -1,0 +1,191 @@
+"""Findings read as stories: related findings merged, ranked by what to look at first.
+
+A statement's share of the database time, its sequential-scan plan, the scans of its table and
+the foreign key without an index on that table are one story; so is the same root blocker seen
+by the latency and the transaction-failures runbooks. Findings are linked when their evidence
+names the same subject (a query id, a table, a backend pid, a client): SUBJECTS below says which
+evidence fields name a subject, per finding `check`, in one place. Everything that ranks or
+deduplicates findings (the report's summary, the overview, alerts, the terminal, history) reads
+them through this module.
+
+>>> a = {"check": "dominant_query", "severity": "warning", "title": "q", "evidence": [{"queryid": "7"}]}
+>>> b = {"check": "plan_seq_scan", "severity": "warning", "title": "p",
+...      "evidence": [{"queryid": "7", "relation": "public.posts"}]}
+>>> c = {"check": "seq_scan", "severity": "critical", "title": "s",
+...      "evidence": [{"schema": "public", "table": "posts"}]}
+>>> [s.title for s in stories({"latency": {"findings": [a, b, c]}})]
+['s']
+>>> len(stories({"latency": {"findings": [a, b, c]}})[0].findings)
+3
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .findings import SEVERITIES
+
+LOUD = ("warning", "critical")
+
+# finding check -> (evidence field, subject kind, every evidence row or only the first)
+SUBJECTS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "dominant_query": (("queryid", "query", False),),
+    "slow_query": (("queryid", "query", False),),
+    "plan_seq_scan": (("queryid", "query", False), ("relation", "table", False)),
+    "seq_scan": (("table", "table", False),),
+    "fk_without_index": (("child_table", "table", False),),
+    "dead_tuples": (("table", "table", False),),
+    "blocking": (("pid", "pid", True),),
+    "idle_in_transaction": (("pid", "pid", True),),
+    "action_terminate": (("pid", "pid", True),),
+    "lock_wait": (("pid", "pid", True),),
+    "long_running": (("pid", "pid", True),),
+    "leak_suspect": (("application", "client", False),),
+    "pool_overflow": (("application", "client", False),),
+    "connection_usage": (("application", "client", False),),
+}
+
+
+def _name(value: Any) -> str:
+    """A table's name without schema or quotes, lower case: plans and catalogs spell it
+    differently (verification_codes, public.verification_codes, "public"."Post")."""
+    text = str(value).rsplit(".", 1)[-1].strip('"')
+    return text if text != text.lower() else text.lower()
+
+
+def subjects(finding: Mapping[str, Any]) -> set[str]:
+    """The subjects a finding's evidence names, as 'kind:value' strings."""
+    out: set[str] = set()
+    rows = [r for r in finding.get("evidence") or [] if isinstance(r, Mapping)]
+    for key, kind, every in SUBJECTS.get(str(finding.get("check")), ()):
+        for row in rows if every else rows[:1]:
+            value = row.get(key)
+            if value in (None, ""):
+                continue
+            out.add(f"{kind}:{_name(value) if kind == 'table' else value}")
+    return out
+
+
+def identity(runbook: str, finding: Mapping[str, Any]) -> str:
+    """A finding's name that stays the same from one run to the next (its figures change):
+    the check and its subjects, else the title with its numbers blanked."""
+    subj = sorted(subjects(finding))
+    what = ",".join(subj) if subj else re.sub(r"\d[\d.,:]*", "#", str(finding.get("title", "")))
+    return f"{runbook}/{finding.get('check')}/{what}"
+
+
+@dataclass
+class Item:
+    """One finding of one runbook, with its place in that runbook's findings JSON."""
+
+    runbook: str
+    index: int
+    finding: Mapping[str, Any]
+
+    @property
+    def severity(self) -> str:
+        return str(self.finding.get("severity", "ok"))
+
+    @property
+    def anchor(self) -> str:
+        """The id of its evidence in the runbook's HTML report."""
+        return f"finding-{self.index}"
+
+
+@dataclass
+class Story:
+    """Findings about the same subject; the most severe one speaks for them."""
+
+    findings: list[Item] = field(default_factory=list)
+
+    @property
+    def lead(self) -> Item:
+        return max(self.findings, key=lambda i: (SEVERITIES.index(i.severity), -i.index))
+
+    @property
+    def severity(self) -> str:
+        return self.lead.severity
+
+    @property
+    def title(self) -> str:
+        return str(self.lead.finding.get("title", ""))
+
+    @property
+    def next(self) -> str:
+        """The first remediation among its findings, the lead's first."""
+        for item in [self.lead, *self.findings]:
+            text = str(item.finding.get("remediation") or "").strip()
+            if text:
+                return text
+        return ""
+
+    @property
+    def runbooks(self) -> list[str]:
+        return list(dict.fromkeys(i.runbook for i in self.findings))
+
+    @property
+    def related(self) -> list[Item]:
+        """Its other findings, each (check, runbook) once: the same blocker seen twice is
+        shown once."""
+        seen = {(self.lead.finding.get("check"), self.lead.runbook)}
+        out = []
+        for item in self.findings:
+            key = (item.finding.get("check"), item.runbook)
+            if item is not self.lead and key not in seen and not self._repeat(item):
+                seen.add(key)
+                out.append(item)
+        return out
+
+    def _repeat(self, item: Item) -> bool:
+        """The lead's own check seen by another runbook (the same root blocker)."""
+        return item.finding.get("check") == self.lead.finding.get("check")
+
+    def key(self) -> str:
+        return identity(self.lead.runbook, self.lead.finding)
+
+
+def stories(reports: Mapping[str, Mapping[str, Any]], least: str = "info") -> list[Story]:
+    """The findings of REPORTS (runbook name -> findings JSON) at least as severe as LEAST,
+    merged by shared subject and ranked: critical first, then the stories with more
+    findings, then the runbooks' order."""
+    items = [Item(name, i, f) for name, data in reports.items()
+             for i, f in enumerate(data.get("findings") or [])
+             if SEVERITIES.index(str(f.get("severity", "ok"))) >= SEVERITIES.index(least)]
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, item in enumerate(items):
+        for s in subjects(item.finding):
+            if s in owner:
+                parent[root(i)] = root(owner[s])
+            else:
+                owner[s] = i
+    groups: dict[int, Story] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(root(i), Story()).findings.append(item)
+    order = {name: n for n, name in enumerate(reports)}
+    return sorted(groups.values(), key=lambda s: (-SEVERITIES.index(s.severity),
+                                                  -len(s.findings),
+                                                  order[s.lead.runbook], s.lead.index))
+
+
+def loud(reports: Mapping[str, Mapping[str, Any]]) -> list[Story]:
+    """The warning and critical stories: what a person is told first."""
+    return stories(reports, least="warning")
+
+
+def counts(findings: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Findings by severity, every severity present (0 when none)."""
+    out = dict.fromkeys(reversed(SEVERITIES), 0)
+    for f in findings:
+        out[str(f.get("severity", "ok"))] += 1
+    return out
