@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import registry, report
 from .errors import RunbookError
@@ -30,17 +30,36 @@ def cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
-def loud(path: Path, most: int = 5) -> list[dict[str, str]]:
-    """The critical, then warning findings of a findings JSON: what the console shows."""
-    import json
+def console(summary: dict[str, Any], quiet: bool) -> None:
+    """Each runbook's status and its warning and critical findings (related ones merged, the
+    same blocker seen twice once), then the report paths. QUIET: nothing unless the run's
+    status is at least warning (cron mails whatever is printed)."""
+    from . import outputs, stories
 
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))["findings"]
-    except (OSError, ValueError, KeyError):
-        return []
-    ranked = sorted((f for f in found if f["severity"] in ("critical", "warning")),
-                    key=lambda f: f["severity"] != "critical")
-    return ranked[:most]
+    if quiet and summary["exit_code"] == 0:
+        return
+    out_dir = Path(summary["out_dir"])
+    reports = outputs.reports_of(out_dir, summary)
+    told: set[str] = set()
+    for rb in summary["runbooks"]:
+        counts = rb["findings"]
+        print(f"{rb['name']}: {rb['status']} ({counts['critical']} critical, "
+              f"{counts['warning']} warning, {rb['skipped']} skipped)"
+              + (": " + "; ".join(f"{e['step']}: {e['message'].splitlines()[0][:200]}"
+                                  for e in rb["errors"]) if rb["errors"] else ""))
+        for story in stories.loud({rb["name"]: reports[rb["name"]]}):
+            key = story.key()
+            if key in told:
+                continue
+            told.add(key)
+            more = f" (+{len(story.related)} related)" if story.related else ""
+            print(f"  [{story.severity}] {story.title}{more}")
+    for problem in summary.get("problems", []):
+        print(f"warning: {problem}")
+    if len(summary["runbooks"]) == 1:
+        print(f"report: {out_dir / summary['runbooks'][0]['files']['html']}")
+    else:
+        print(f"report: {out_dir / 'index.html'}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -49,22 +68,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("name one or more runbooks, or --all (see `runbooks list`)")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file, not a directory")
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0")
+    for flag, value in (("--timeout", args.timeout), ("--runbook-timeout", args.runbook_timeout),
+                        ("--jobs", args.jobs)):
+        if value <= 0:
+            raise UsageError(f"{flag} {value}: give a number above 0")
+    if args.metrics_file and Path(args.metrics_file).is_dir():
+        raise UsageError(f"--metrics-file {args.metrics_file} is a directory: give a file path "
+                         "such as /var/lib/node_exporter/textfile/pg_runbooks.prom")
+    webhook = args.alert_webhook or os.environ.get("ALERT_WEBHOOK_URL", "")
+    if webhook and not webhook.startswith(("http://", "https://")):
+        raise UsageError("--alert-webhook: give an http:// or https:// URL")
+    if args.pushgateway and not args.pushgateway.startswith(("http://", "https://")):
+        raise UsageError("--pushgateway: give an http:// or https:// URL")
+    opts = report.Options(jobs=args.jobs, cell_timeout_s=args.timeout,
+                          runbook_timeout_s=args.runbook_timeout,
+                          metrics_file=Path(args.metrics_file).resolve() if args.metrics_file
+                          else None,
+                          pushgateway=args.pushgateway or "", alert_webhook=webhook,
+                          alert_least=args.alert_severity, keep_days=args.keep_days)
     out = Path(args.out) if args.out else None
-    code, summary = report.run(names, args.target, out, _params(args.param), args.timeout)
-    out_dir = Path(summary["out_dir"])
-    for rb in summary["runbooks"]:
-        counts = rb["findings"]
-        print(f"{rb['name']}: {rb['status']} ({counts['critical']} critical, "
-              f"{counts['warning']} warning, {rb['skipped']} skipped)"
-              + (": " + "; ".join(f"{e['step']}: {e['message'].splitlines()[0][:200]}"
-                                  for e in rb["errors"]) if rb["errors"] else ""))
-        for f in loud(out_dir / rb["files"]["findings"]):
-            print(f"  [{f['severity']}] {f['title']}")
-    print(f"report: {Path(summary['out_dir']) / (names[0] + '.html')}"
-          if len(names) == 1 else f"reports: {summary['out_dir']}")
+    try:
+        code, summary = report.run(names, args.target, out, _params(args.param), opts)
+    except report.Interrupted as exc:
+        console(exc.summary, quiet=False)
+        raise
+    console(summary, args.quiet)
     return code
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from . import history
+
+    return history.main(Path(args.root), args.target_label, args.last, args.json)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -108,17 +143,14 @@ def cmd_backup_key(args: argparse.Namespace) -> int:
     file is given: a terminal's scrollback is not a key store)."""
     from .drill import keys
 
-    text = keys.generate()
     if not args.out:
-        print(text)
+        print(keys.generate())
         return 0
     path = Path(args.out)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        keys.save_new(path)
     except OSError as exc:
         raise UsageError(f"--out {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
     print(f"new backup keyset in {path} (mode 600): give it as encryption_key_file, or its "
           "content in RUNBOOKS_BACKUP_KEY; keep a copy away from the backups")
     return 0
@@ -149,7 +181,33 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a notebook parameter (repeatable)")
     r.add_argument("--timeout", type=int, default=600, help="seconds a notebook cell may run")
+    r.add_argument("--runbook-timeout", type=float, default=900,
+                   help="seconds a whole runbook may run before it is stopped and reported as "
+                   "could not run (the restore drill's drill_timeout_minutes raises it)")
+    r.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
+                   help="runbooks run at once (default: the number of cores)")
+    r.add_argument("--quiet", action="store_true",
+                   help="print nothing unless the status is at least warning (for cron)")
+    r.add_argument("--metrics-file", metavar="PATH",
+                   help="also write the metrics to this stable path, atomically (node_exporter's "
+                   "textfile collector)")
+    r.add_argument("--pushgateway", metavar="URL", help="push the metrics to a Pushgateway")
+    r.add_argument("--alert-webhook", metavar="URL",
+                   help="post a Slack-compatible alert here (default $ALERT_WEBHOOK_URL)")
+    r.add_argument("--alert-severity", choices=["info", "warning", "critical"], default="warning",
+                   help="the run status that sends the alert (default warning)")
+    r.add_argument("--keep-days", type=float, default=30,
+                   help="runs kept under the reports root (the --out directory's parent); "
+                   "0 keeps all")
     r.set_defaults(fn=cmd_run)
+
+    h = sub.add_parser("history", help="status, key figures and new or gone findings across runs")
+    h.add_argument("--root", default="reports", help="the reports root (default reports)")
+    h.add_argument("--target", dest="target_label", metavar="LABEL",
+                   help="only this target (host:port/database, as in summary.json)")
+    h.add_argument("--last", type=int, default=10, help="runs shown (default 10)")
+    h.add_argument("--json", action="store_true", help="the records as JSON")
+    h.set_defaults(fn=cmd_history)
 
     s = sub.add_parser("sandbox", help="the embedded PostgreSQL server")
     s.add_argument("action", choices=["start", "stop", "status", "url"])
@@ -197,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runbooks: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("runbooks: interrupted; what was found until then is written (findings, report, "
+        print("runbooks: interrupted; what was found until then is written (findings, reports, "
               "summary)", file=sys.stderr)
         return 130
     return code

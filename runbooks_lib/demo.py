@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -102,9 +101,7 @@ def drill_params(sb: server.Sandbox) -> dict[str, str]:
 
     key = Path(sb.base) / "backup-key.json"
     if not key.exists():
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(keys.generate())
+        keys.save_new(key)
     return {"backup_dir": str(Path(sb.base) / "backups"), "encryption_key_file": str(key)}
 
 
@@ -152,9 +149,15 @@ def main(out: Path | None = None, bin_dir: str | None = None) -> int:
             if f["severity"] != "ok" or figure:
                 print(f"  [{f['severity']}] {f['title']}")
     problems = missed(out, EXPECTED)
+    print()
     for rb in summary["runbooks"]:
-        print(f"\nreport: {(out / rb['files']['html']).resolve()}")
+        print(f"report: {(out / rb['files']['html']).resolve()}")
+    if summary.get("overview"):
+        print(f"overview: {(out / summary['overview']).resolve()}")
+    print(f"index: {(out / 'index.html').resolve()}")
     print(f"summary: {(out / 'summary.json').resolve()}  (run exit status {code})")
+    for problem in summary.get("problems", []):
+        print(f"warning: {problem}")
     if problems:
         print("\nDEMO FAILED: " + "; ".join(problems))
         return 1

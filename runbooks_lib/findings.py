@@ -78,6 +78,16 @@ def graded(check: str, metric: str, value: float, warning: float, critical: floa
 
 
 @dataclass
+class Figure:
+    """A number a runbook measured that is no judgement (connections in use, transactions
+    committed): kept in the findings JSON for metrics and history."""
+
+    name: str
+    value: float | int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Skipped:
     check: str
     reason: str
@@ -141,6 +151,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[StepError] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -161,6 +172,7 @@ class Report:
             "findings": [jsonable(asdict(f)) for f in self.findings],
             "skipped": [asdict(s) for s in self.skipped],
             "errors": [asdict(e) for e in self.errors],
+            "figures": [jsonable(asdict(f)) for f in self.figures],
         }
 
     def write(self) -> None:

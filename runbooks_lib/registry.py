@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .findings import Finding, Skipped
+    from .findings import Figure, Finding, Skipped
     from .session import ServerFacts
 
 Value = int | float | bool | str
@@ -165,7 +165,8 @@ class Check:
     return Skipped entries, or raise SkipStep, for what it cannot judge).
 
     DOC says what the finding means and what to do; EMITS lists the `check` names its findings
-    carry in the findings JSON; SHOW (optional) displays its evidence in the notebook."""
+    carry in the findings JSON; SHOW (optional) displays its evidence in the notebook; FIGURES
+    (optional, pure, same snapshots) returns the numbers it measured for metrics and history."""
 
     id: str
     title: str
@@ -176,6 +177,7 @@ class Check:
     emits: tuple[str, ...] = ()
     show: Callable[..., None] | None = None
     act: bool = False  # the last probe's snapshot is an actions.Plan, run behind its guards
+    figures: Callable[..., list[Figure]] | None = None
 
     @property
     def family(self) -> str:
@@ -204,6 +206,14 @@ class RunbookSpec:
     params: tuple[Param, ...] = ()  # the runbook's own (target, timeouts, ...)
     modules: tuple[str, ...] = ()  # check modules to import (registration)
     tail: tuple[Param, ...] = field(default=())  # parameters listed last (set by the runner)
+    time_limit: str = ""  # a minutes parameter that raises the runner's time limits for it
+    on_stop: str = ""  # "module:function" called with the parameters when a run is stopped
+
+    def stopped(self, params: dict[str, Any]) -> None:
+        """The clean-up of a stopped run (ON_STOP), if it declares one."""
+        if self.on_stop:
+            module, _, name = self.on_stop.partition(":")
+            getattr(importlib.import_module(module), name)(params)
 
     def step(self, key: str) -> Step:
         for s in self.steps:

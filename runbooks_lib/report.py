@@ -12,8 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +74,9 @@ def kernel_manager_class() -> type:
             # and libzmq or the kernel's logger print tracebacks while it is torn down
             kw["stderr"] = kw["stdout"] = subprocess.DEVNULL  # its output is in the protocol
             await AsyncKernelManager._async_launch_kernel(self, kernel_cmd, **kw)
+            process = getattr(self.provisioner, "process", None)
+            if process is not None:
+                _kernel_started(process.pid)
 
     return IPCKernelManager
 
@@ -159,35 +165,87 @@ def _failed_step(exc: BaseException, nb_path: Path, secrets: list[str]) -> StepE
     return StepError(mask_text(where, *secrets), mask_text(f"{ename}: {evalue}", *secrets)[:2000])
 
 
+class Control:
+    """What the runner decided about the runbooks running in its threads: the kernel each one
+    runs in (so a hung or interrupted one can be stopped) and why it was stopped."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kernels: dict[str, int] = {}  # runbook -> kernel pid (its own process group)
+        self.started: dict[str, float] = {}
+        self.reasons: dict[str, StepError] = {}
+
+    def begin(self, name: str) -> None:
+        with self.lock:
+            _THREAD_RUNBOOK.name = name
+            self.started[name] = time.monotonic()
+
+    def stop(self, name: str, why: StepError) -> None:
+        """Kill NAME's kernel and everything it started (pg_dump, psql): its thread's papermill
+        sees a dead kernel within a second and the runbook is reported as could not run."""
+        with self.lock:
+            self.reasons.setdefault(name, why)
+            pid = self.kernels.get(name)
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+class _ThreadRunbook(threading.local):
+    name = ""
+
+
+_THREAD_RUNBOOK = _ThreadRunbook()
+_CONTROL: Control | None = None  # the run in progress (one per process: see claimed())
+
+
+def _kernel_started(pid: int) -> None:
+    control, name = _CONTROL, _THREAD_RUNBOOK.name
+    if control is not None and name:
+        with control.lock:
+            control.kernels[name] = pid
+        if name in control.reasons:  # stopped while its kernel was starting
+            control.stop(name, control.reasons[name])
+
+
+def limits(spec: registry.RunbookSpec, given: dict[str, Any], cell_s: int,
+           runbook_s: float) -> tuple[int, float]:
+    """The time limits of one runbook (a cell, the whole run): a drill's long phases have
+    their own, the spec's time_limit parameter in minutes."""
+    if not spec.time_limit:
+        return cell_s, runbook_s
+    minutes = float(given.get(spec.time_limit, registry.parameter(spec.time_limit).default))
+    return max(cell_s, int(minutes * 60) + 120), max(runbook_s, minutes * 60 + 300)
+
+
 def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: list[str],
-            timeout_s: int, target_shown: str) -> Outcome:
+            timeout_s: int, target_shown: str, control: Control | None = None) -> Outcome:
     import papermill
 
     started = time.monotonic()
+    if control is not None:
+        control.begin(name)
     nb_out, html_out = out / f"{name}.ipynb", out / f"{name}.html"
     findings_path = out / f"{name}.findings.json"
     findings_path.unlink(missing_ok=True)
-    declared = {p.name for p in registry.parameters(registry.runbook(name))}
+    spec = registry.runbook(name)
+    declared = {p.name for p in registry.parameters(spec)}
     given = {k: v for k, v in params.items() if k in declared}
     given["findings_path"] = str(findings_path)
-    if "drill_timeout_minutes" in declared:  # a drill's long phases have their own limit
-        drill = registry.parameter("drill_timeout_minutes")
-        timeout_s = max(timeout_s, int(float(given.get("drill_timeout_minutes",
-                                                       drill.default)) * 60) + 120)
+    timeout_s, _ = limits(spec, given, timeout_s, 0)
     failure: StepError | None = None
-    interrupted = False
     try:
         papermill.execute_notebook(str(path), str(nb_out), parameters=given, kernel_name="python3",
                                    progress_bar=False, log_output=False,
                                    execution_timeout=timeout_s, cwd=str(out),
                                    kernel_manager_class=kernel_manager_class())
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was found is still written, then we stop
-        interrupted = True
-        failure = StepError("interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it "
-                            "finished: the findings above are what it found until then")
     except Exception as exc:  # noqa: BLE001 - papermill raises many kinds; all end in the report
         failure = _failed_step(exc, nb_out, secrets)
         log.debug("runbook %s failed", name, exc_info=True)
+    if control is not None and name in control.reasons:  # stopped: say why, not the symptom
+        failure = control.reasons[name]
     if findings_path.exists():
         data = load(findings_path)
     else:
@@ -207,40 +265,75 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
         data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
         data["status"] = COULD_NOT_RUN
         write_json(findings_path, data)
-    code = exit_code(data["status"])
     counts = {s: sum(1 for f in data["findings"] if f["severity"] == s)
               for s in ("critical", "warning", "info", "ok")}
     counts["skipped"] = len(data.get("skipped", []))
-    outcome = Outcome(name, data["status"], code, data["duration_s"], counts, data["errors"],
-                      {"notebook": nb_out.name, "html": html_out.name,
-                       "findings": findings_path.name}, data["findings"])
-    if interrupted:
-        raise Interrupted(outcome)
-    return outcome
+    return Outcome(name, data["status"], exit_code(data["status"]), data["duration_s"], counts,
+                   data["errors"], {"notebook": nb_out.name, "html": html_out.name,
+                                    "findings": findings_path.name}, data["findings"])
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run stopped by a signal, carrying the outcome of the runbook it stopped (written)."""
+    """A run stopped by a signal, after every output was written."""
 
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.name)
-        self.outcome = outcome
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
 
 
-def after_interrupt(typed: dict[str, Any]) -> None:
-    """What a stopped restore drill left (decrypted staging, scratch databases, the marker
-    table) removed now, rather than at the next drill: its kernel is gone."""
-    from .drill import restore
+INTERRUPTED = StepError("interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it "
+                        "finished: the findings above are what it found until then")
 
+
+def run_parallel(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, Any],
+                 secrets: list[str], cell_s: int, runbook_s: float, jobs: int,
+                 shown: str) -> tuple[list[Outcome], bool]:
+    """NAMES in JOBS threads (each runbook's work is in its own kernel process), each stopped
+    after its time limit; Ctrl-C or SIGTERM stops them all. Returns the outcomes in NAMES'
+    order and whether the run was interrupted. Every outcome's files are written."""
+    global _CONTROL
+    books = available()
+    control = Control()
+    _CONTROL = control
+    deadline = {n: limits(registry.runbook(n), params, cell_s, runbook_s)[1] for n in names}
+    # the longest first, so the slowest one is not started last
+    order = sorted(names, key=lambda n: -deadline[n])
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="runbook")
     try:
-        source = resolve(str(typed["target"]))
-        server = restore.restore_server(str(typed.get("restore_target", "sandbox")),
-                                        lambda _: None)
-        restore.recover(restore.default_drill_dir(), None, server, source.conninfo, source.masked())
-    except Exception:  # noqa: BLE001 - best effort: the next drill removes what is left
-        log.debug("clean-up after an interrupt failed", exc_info=True)
-
-
+        futures = {n: pool.submit(run_one, n, books[n], out, params, secrets, cell_s, shown,
+                                  control) for n in order}
+        pending = set(futures.values())
+        while pending:
+            try:
+                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                interrupted = True
+            now = time.monotonic()
+            for n in names:
+                begun = control.started.get(n)
+                if interrupted and not futures[n].done():
+                    control.stop(n, INTERRUPTED)
+                elif begun is not None and now - begun > deadline[n] and not futures[n].done():
+                    control.stop(n, StepError("timeout", f"stopped after {deadline[n]:.0f} s "
+                                              "(the runbook time limit): the findings above are "
+                                              "what it found until then"))
+            if interrupted:
+                for f in futures.values():
+                    f.cancel()  # those not started yet
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _CONTROL = None
+    outcomes = []
+    for n in names:
+        f = futures[n]
+        if f.cancelled():
+            continue
+        outcomes.append(f.result())
+    for n in names:
+        if n in control.reasons:
+            registry.runbook(n).stopped(typed)
+    return outcomes, interrupted
 def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
     """No traceback and no secret in the executed notebook: an error output becomes one masked
     line (the step and the error), and every text output is masked."""
@@ -350,8 +443,16 @@ def render_html(nb: Any, data: dict[str, Any]) -> str:
             f"</head><body>{banner}{body}</body></html>\n")
 
 
+def render_overview(nb: Any, summary: dict[str, Any]) -> str:
+    """The overview notebook as a page: the run's status in the banner, no findings of its own."""
+    data = {"runbook": "health overview", "target": summary.get("target", ""),
+            "server_version": None, "started_at": summary.get("started_at", ""),
+            "status": summary.get("status", ""), "findings": [], "skipped": [],
+            "errors": []}
+    return render_html(nb, data)
+
+
 def _password(spec: str) -> str:
-    from .target import resolve
 
     try:
         return resolve(spec).password
@@ -359,8 +460,15 @@ def _password(spec: str) -> str:
         return ""
 
 
+def _label(spec: str) -> str:
+
+    try:
+        return resolve(spec).label()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
 def _shown(spec: str) -> str:
-    from .target import resolve
 
     try:
         return resolve(spec).masked()
@@ -408,12 +516,31 @@ def claimed(out: Path) -> Iterator[Path]:
         fh.close()
 
 
+@dataclass
+class Options:
+    """What a run does beyond the runbooks' own files (the scheduler's half)."""
+
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
+    cell_timeout_s: int = 600  # one notebook cell
+    runbook_timeout_s: float = 900  # one runbook, whole (a drill's own limit may be longer)
+    metrics_file: Path | None = None  # a stable path for node_exporter's textfile collector
+    pushgateway: str = ""
+    alert_webhook: str = ""
+    alert_least: str = "warning"  # the run status that sends the webhook
+    keep_days: float = 30  # history and run directories kept under the reports root
+    overview: bool | None = None  # None: when more than one runbook ran
+
+
 def run(names: list[str], target: str, out: Path | None = None,
-        params: dict[str, str] | None = None, timeout_s: int = 600) -> tuple[int, dict[str, Any]]:
-    """Run runbooks NAMES against TARGET; write every output; return (exit status, summary).
-    Names and parameters are checked before any kernel starts (UsageError: nothing ran)."""
+        params: dict[str, str] | None = None, options: Options | None = None,
+        ) -> tuple[int, dict[str, Any]]:
+    """Run runbooks NAMES against TARGET in parallel; write every output; return (exit
+    status, summary). Names and parameters are checked before any kernel starts (UsageError:
+    nothing ran). Interrupted (after every output is written) on Ctrl-C or SIGTERM."""
+    from . import outputs
+
+    opts = options or Options()
     check_names(names)
-    books = available()
     typed: dict[str, Any] = dict(validate(names, params or {}))
     typed["target"] = typed.get("target", target)
     typed = absolute_paths(typed)
@@ -422,26 +549,18 @@ def run(names: list[str], target: str, out: Path | None = None,
         safe, env = hide_secrets(typed)
         secrets = [_password(v) for k, v in typed.items()
                    if (k in SECRET_PARAMS or k.endswith("_target")) and isinstance(v, str)]
-        shown = _shown(str(typed["target"]))
+        shown, label = _shown(str(typed["target"])), _label(str(typed["target"]))
         started = dt.datetime.now(dt.UTC)
-        outcomes: list[Outcome] = []
-        stopped: Interrupted | None = None
         with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
-            for name in names:
-                try:
-                    outcomes.append(run_one(name, books[name], out, safe, secrets, timeout_s,
-                                            shown))
-                except Interrupted as exc:
-                    outcomes.append(exc.outcome)
-                    stopped = exc
-                    if name == "restore_drill":
-                        after_interrupt(typed)
-                    break
+            outcomes, interrupted = run_parallel(names, out, safe, typed, secrets,
+                                                 opts.cell_timeout_s, opts.runbook_timeout_s,
+                                                 opts.jobs, shown)
         code = max((o.exit_code for o in outcomes), default=0)
         summary = {
             "started_at": iso(started),
             "finished_at": iso(dt.datetime.now(dt.UTC)),
             "target": shown,
+            "target_label": label,
             "out_dir": str(out),
             "status": status_of([o.status for o in outcomes if o.status != COULD_NOT_RUN],
                                 sum(o.status == COULD_NOT_RUN for o in outcomes)),
@@ -451,48 +570,9 @@ def run(names: list[str], target: str, out: Path | None = None,
                           "skipped": o.counts["skipped"], "errors": o.errors,
                           "files": o.files} for o in outcomes],
         }
-        write_json(out / "summary.json", summary)
-        write_alerts(out, outcomes, shown)
-        write_metrics(out, outcomes)
-    if stopped is not None:  # every output written: now stop, as the signal asked
-        raise stopped
+        if interrupted:
+            summary["interrupted"] = True
+        outputs.finish(out, summary, opts, secrets, interrupted)
+    if interrupted:  # every output written: now stop, as the signal asked
+        raise Interrupted(summary)
     return code, summary
-
-
-def write_alerts(out: Path, outcomes: list[Outcome], target: str) -> None:
-    """alerts.json: one entry per warning or critical finding, ready for a webhook."""
-    alerts = [{"runbook": o.name, "target": target, "severity": f["severity"],
-               "check": f["check"], "title": f["title"], "remediation": f.get("remediation", "")}
-              for o in outcomes for f in o.findings if f["severity"] in ("warning", "critical")]
-    alerts += [{"runbook": o.name, "target": target, "severity": "critical", "check": "runbook",
-                "title": f"runbook could not run: {e['step']}: {e['message']}", "remediation": ""}
-               for o in outcomes for e in o.errors]
-    write_json(out / "alerts.json", alerts)
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-
-
-def write_metrics(out: Path, outcomes: list[Outcome]) -> None:
-    """metrics.prom in the Prometheus textfile format (node_exporter's textfile collector)."""
-    lines = ["# HELP pg_runbooks_exit_code Exit status of the runbook (0 ok, 1 warning, "
-             "2 critical, 3 could not run).",
-             "# TYPE pg_runbooks_exit_code gauge"]
-    lines += [f'pg_runbooks_exit_code{{runbook="{o.name}"}} {o.exit_code}' for o in outcomes]
-    lines += ["# HELP pg_runbooks_findings Findings by severity.", "# TYPE pg_runbooks_findings gauge"]
-    lines += [f'pg_runbooks_findings{{runbook="{o.name}",severity="{s}"}} {n}'
-              for o in outcomes for s, n in o.counts.items()]
-    lines += ["# HELP pg_runbooks_metric The value each check measured.",
-              "# TYPE pg_runbooks_metric gauge"]
-    for o in outcomes:
-        for f in o.findings:
-            m = f.get("metric") or {}
-            if isinstance(m.get("value"), int | float) and not isinstance(m.get("value"), bool):
-                lines.append(f'pg_runbooks_metric{{runbook="{o.name}",check="{_label(f["check"])}",'
-                             f'name="{_label(m["name"])}"}} {m["value"]}')
-    lines += ["# HELP pg_runbooks_duration_seconds Wall time of the runbook run.",
-              "# TYPE pg_runbooks_duration_seconds gauge"]
-    lines += [f'pg_runbooks_duration_seconds{{runbook="{o.name}"}} {o.duration_s}'
-              for o in outcomes]
-    write_text(out / "metrics.prom", "\n".join(lines) + "\n")

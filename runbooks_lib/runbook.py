@@ -236,6 +236,8 @@ class Runbook:
             for s in result:
                 if isinstance(s, Skipped):
                     self.skip(s.check, s.reason)
+            if check.figures is not None:
+                self.report.figures.extend(check.figures(*snaps))
             if check.show is not None:
                 check.show(*snaps, found, self.params)
             if check.act and snaps[-1] is not None:

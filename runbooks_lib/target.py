@@ -101,6 +101,23 @@ class Target:
         )
         return f"postgresql://{auth}{hostport}/{db}" + (f"?{query}" if query else "")
 
+    def label(self) -> str:
+        """A short name for metrics and history: host:port/database (no user, no secret).
+
+        >>> resolve("postgresql://app:pw@db.internal:5433/cosnap").label()
+        'db.internal:5433/cosnap'
+        >>> resolve("service:reporting").label()
+        'service:reporting'
+        """
+        try:
+            p = self.params
+        except TargetError:
+            return "unknown"
+        if "service" in p and "host" not in p:
+            return f"service:{p['service']}"
+        host = p.get("host", "") or "localhost"
+        return f"{host}:{p.get('port') or '5432'}/{p.get('dbname') or p.get('user', '')}"
+
     @property
     def connection_limit(self) -> int | None:
         """Prisma's pool size from the URL (``connection_limit``), if given."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import present
 from ..errors import SkipStep
-from ..findings import Finding, Metric, Skipped, graded, records
+from ..findings import Figure, Finding, Metric, Skipped, graded, records
 from ..params import ALLOW_ACTIONS
 from ..probes.activity import IDLE_IN_TX, Activity, Slots
 from ..probes.connection import TargetInfo
@@ -85,6 +85,11 @@ def usage(slots: Slots, activity: Activity, p: Params) -> list[Finding]:
                     "raising max_connections")]
 
 
+def usage_figures(slots: Slots, activity: Activity) -> list[Figure]:
+    """database_connections_active and _max of the metrics: the slots as the usage judges them."""
+    return [Figure("connections_active", slots.used), Figure("connections_max", slots.available)]
+
+
 register(Check(
     "connectivity.connection_usage", "Connection usage",
     """Client connections against the slots open to ordinary roles (max_connections minus the
@@ -92,7 +97,7 @@ register(Check(
     threshold the next connection may fail with `too many clients already`: find the holder,
     lower its pool, put a pooler in front.""",
     usage, probes=("slots", "activity"), params=(USAGE_WARNING, USAGE_CRITICAL),
-    emits=("connection_usage",)))
+    emits=("connection_usage",), figures=usage_figures))
 
 
 # -- visibility --------------------------------------------------------------------------------

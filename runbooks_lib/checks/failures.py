@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import deadlocks, logs, present, queries, sqlstate
 from ..errors import SkipStep
-from ..findings import Finding, Metric, graded, records
+from ..findings import Figure, Finding, Metric, graded, records
 from ..params import SAMPLE_SECONDS
 from ..probes import catalog as _catalog  # noqa: F401 - registers the catalog probes
 from ..probes.server_log import LogRead
@@ -46,6 +46,7 @@ class Counters:
     database: str
     seconds: float
     delta: dict[str, int]
+    totals: dict[str, int] = field(default_factory=dict)  # at the end of the window
 
 
 def counters(rb: Runbook, p: Params) -> Counters:
@@ -56,7 +57,8 @@ def counters(rb: Runbook, p: Params) -> Counters:
     time.sleep(max(0.0, float(p["sample_seconds"])))
     after = s.row(sql)
     return Counters(s.facts.database, time.monotonic() - started,
-                    {k: int(after[k] or 0) - int(before[k] or 0) for k in after})
+                    {k: int(after[k] or 0) - int(before[k] or 0) for k in after},
+                    {k: int(after[k] or 0) for k in after})
 
 
 register_probe(Probe("counters", counters, "pg_stat_database's counters, twice.",
@@ -92,6 +94,14 @@ def rollback_rate(c: Counters, p: Params) -> list[Finding]:
     return found
 
 
+def transaction_figures(c: Counters) -> list[Figure]:
+    """database_transactions_total of the metrics: the server's own cumulative counters."""
+    if not c.totals:
+        return []
+    return [Figure("transactions", c.totals["xact_commit"], {"status": "success"}),
+            Figure("transactions", c.totals["xact_rollback"], {"status": "rollback"})]
+
+
 def show_counters(c: Counters, found: list[Finding], p: Params) -> None:
     import pandas as pd
 
@@ -103,7 +113,7 @@ register(Check(
     """pg_stat_database's counters twice, sample_seconds apart: the rollback rate of the
     window (judged once the window holds enough transactions) and any deadlock in it.""",
     rollback_rate, probes=("counters",), params=(ROLLBACK_WARNING, ROLLBACK_CRITICAL),
-    emits=("rollback_rate", "deadlock_rate"), show=show_counters))
+    emits=("rollback_rate", "deadlock_rate"), show=show_counters, figures=transaction_figures))
 
 
 # -- the log -----------------------------------------------------------------------------------
@@ -212,6 +222,17 @@ def by_sqlstate(log: LogRead, p: Params) -> list[Finding]:
     return found
 
 
+def error_figures(log: LogRead) -> list[Figure]:
+    """database_errors_total of the metrics: errors in the log window by class, every class
+    given (0 when none), so a quiet night is a 0 and not a missing series."""
+    counts = dict.fromkeys((str(c) for c in SEVERITY), 0)
+    if not log.errors.empty:
+        table = code_table(log, classified(log))
+        for cat, n in table.groupby("category")["count"].sum().items():
+            counts[str(cat)] = int(n)
+    return [Figure("log_errors", n, {"class": c}) for c, n in counts.items()]
+
+
 def show_errors(log: LogRead, found: list[Finding], p: Params) -> None:
     if log.scan is None or log.errors.empty:
         return
@@ -230,7 +251,8 @@ register(Check(
     retryable-transient, timeout, integrity, application-bug, permission and resources, with
     the statements, users and applications behind them and what to do about each category.""",
     by_sqlstate, probes=("log_errors",),
-    emits=("errors", *(f"errors_{c}" for c in SEVERITY)), show=show_errors))
+    emits=("errors", *(f"errors_{c}" for c in SEVERITY)), show=show_errors,
+    figures=error_figures))
 
 
 # -- deadlock forensics ------------------------------------------------------------------------

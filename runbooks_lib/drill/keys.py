@@ -47,6 +47,13 @@ def generate() -> str:
     return str(tink.json_proto_keyset_format.serialize(handle, secret_key_access.TOKEN))
 
 
+def save_new(path: Path) -> None:
+    """A new keyset in a new file only its owner may read (OSError if PATH exists)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(generate() + "\n")
+
+
 def parse(text: str, source: str) -> Key:
     """TEXT as a keyset; errors name SOURCE and never echo TEXT (nor tink's message about it)."""
     hint = ("does not hold a tink streaming AEAD keyset in cleartext JSON: make one with "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import secrets
 import time
@@ -27,6 +28,8 @@ from psycopg import sql
 from ..errors import DrillError
 from ..target import mask_text, resolve
 from . import tools
+
+log = logging.getLogger("runbooks_lib")
 
 SANDBOX = "sandbox"
 SECTIONS = ("pre-data", "data", "post-data")
@@ -330,3 +333,14 @@ def restore(dump_dir: Path, server: Server, database: str, *, jobs: int = 2,
             + (f" ({len(warnings)} errors ignored, the first: {warnings[0][:160]})"
                if warnings else ""))
     return phases
+
+
+def after_stop(params: dict[str, object]) -> None:
+    """What a stopped drill left (decrypted staging, scratch databases, the marker table)
+    removed at once rather than at the next drill: its kernel is gone. Best effort."""
+    try:
+        source = resolve(str(params["target"]))
+        server = restore_server(str(params.get("restore_target", "sandbox")), lambda _: None)
+        recover(default_drill_dir(), None, server, source.conninfo, source.masked())
+    except Exception:  # noqa: BLE001 - the next drill removes what is left, from its log
+        log.debug("clean-up after a stop failed", exc_info=True)

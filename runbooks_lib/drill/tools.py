@@ -54,6 +54,9 @@ def major(program: Path) -> int:
     return int(m.group(1))
 
 
+APPLICATION = "runbooks/restore_drill"
+
+
 def split_secret(conninfo: str) -> tuple[str, dict[str, str]]:
     """CONNINFO without its password, and the environment that carries it (PGPASSWORD)."""
     try:
@@ -75,6 +78,7 @@ def run(args: Sequence[str | Path], conninfo: str | None = None, timeout: float 
     exits 2 when it found corruption: its report is the result).
     """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    full_env["PGAPPNAME"] = APPLICATION  # in pg_stat_activity: the drill, not the application
     full_env.update(env or {})
     hidden = list(secrets)
     cmd = [str(a) for a in args]

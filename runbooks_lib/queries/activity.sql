@@ -1,5 +1,6 @@
 -- Client sessions with their ages, computed server side (no clock skew with the runbook's host).
--- Our own diagnostic session is left out. Without pg_read_all_stats, other roles' query text
+-- Our own sessions are left out: this diagnostic session and the other runbooks' (application
+-- runbooks/..., running beside this one in a nightly run). Without pg_read_all_stats, other roles' query text
 -- reads '<insufficient privilege>' and client_addr is NULL: the runbook says so.
 SELECT a.pid,
        a.datname::text AS database,
@@ -21,4 +22,5 @@ SELECT a.pid,
   FROM pg_stat_activity a
  WHERE a.backend_type = 'client backend'
    AND a.pid <> pg_backend_pid()
+   AND a.application_name NOT LIKE 'runbooks/%'
  ORDER BY a.backend_start;

@@ -23,4 +23,6 @@ SPEC = register_runbook(RunbookSpec(
     params=CONNECTION,
     modules=("shared", "drill"),
     tail=RECORDING,
+    time_limit="drill_timeout_minutes",
+    on_stop="runbooks_lib.drill.restore:after_stop",
 ))
