@@ -152,6 +152,7 @@ class Report:
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[StepError] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    steps_done: list[str] = field(default_factory=list)  # the runner watches them
 
     @property
     def status(self) -> str:
@@ -173,6 +174,7 @@ class Report:
             "skipped": [asdict(s) for s in self.skipped],
             "errors": [asdict(e) for e in self.errors],
             "figures": [jsonable(asdict(f)) for f in self.figures],
+            "steps_done": list(self.steps_done),
         }
 
     def write(self) -> None:

@@ -207,6 +207,9 @@ class RunbookSpec:
     modules: tuple[str, ...] = ()  # check modules to import (registration)
     tail: tuple[Param, ...] = field(default=())  # parameters listed last (set by the runner)
     time_limit: str = ""  # a minutes parameter that raises the runner's time limits for it
+    # the step until which it loads the source (a backup reads every table): the runbooks that
+    # sample the server wait for it, so they do not report its load as the application's
+    loads_source_until: str = ""
     on_stop: str = ""  # "module:function" called with the parameters when a run is stopped
 
     def stopped(self, params: dict[str, Any]) -> None:

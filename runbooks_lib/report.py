@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,55 +285,77 @@ INTERRUPTED = StepError("interrupted", "stopped by a signal (Ctrl-C or SIGTERM) 
                         "finished: the findings above are what it found until then")
 
 
+def _passed(findings_path: Path, step: str) -> bool:
+    try:
+        return step in load(findings_path).get("steps_done", [])
+    except (OSError, ValueError):
+        return False
+
+
 def run_parallel(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, Any],
                  secrets: list[str], cell_s: int, runbook_s: float, jobs: int,
                  shown: str) -> tuple[list[Outcome], bool]:
     """NAMES in JOBS threads (each runbook's work is in its own kernel process), each stopped
-    after its time limit; Ctrl-C or SIGTERM stops them all. Returns the outcomes in NAMES'
-    order and whether the run was interrupted. Every outcome's files are written."""
+    after its time limit; Ctrl-C or SIGTERM stops them all. A runbook that loads the source
+    (the drill's backup) starts first and the others once it is past that step. Returns the
+    outcomes in NAMES' order and whether the run was interrupted; every outcome's files are
+    written."""
     global _CONTROL
     books = available()
     control = Control()
     _CONTROL = control
-    deadline = {n: limits(registry.runbook(n), params, cell_s, runbook_s)[1] for n in names}
-    # the longest first, so the slowest one is not started last
-    order = sorted(names, key=lambda n: -deadline[n])
+    specs = {n: registry.runbook(n) for n in names}
+    deadline = {n: limits(specs[n], params, cell_s, runbook_s)[1] for n in names}
+    loaders = [n for n in names if specs[n].loads_source_until]
+    waiting = sorted((n for n in names if n not in loaders), key=lambda n: -deadline[n])
     interrupted = False
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="runbook")
+    futures: dict[str, Future[Outcome]] = {}
+
+    def submit(batch: list[str]) -> None:
+        for n in batch:
+            futures[n] = pool.submit(run_one, n, books[n], out, params, secrets, cell_s, shown,
+                                     control)
+
     try:
-        futures = {n: pool.submit(run_one, n, books[n], out, params, secrets, cell_s, shown,
-                                  control) for n in order}
-        pending = set(futures.values())
-        while pending:
-            try:
-                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        submit(loaders)
+        while True:
+            try:  # a signal may arrive anywhere in here: the next turn stops everything
+                now = time.monotonic()
+                for n, f in futures.items():
+                    if f.done():
+                        continue
+                    begun = control.started.get(n)
+                    if interrupted:
+                        if not f.cancel():  # not started yet: cancelled; running: stopped
+                            control.stop(n, INTERRUPTED)
+                    elif begun is not None and now - begun > deadline[n]:
+                        control.stop(n, StepError(
+                            "timeout", f"stopped after {deadline[n]:.0f} s (the runbook time "
+                            "limit): the findings above are what it found until then"))
+                if waiting and not interrupted and all(
+                        futures[n].done() or _passed(out / f"{n}.findings.json",
+                                                     specs[n].loads_source_until)
+                        for n in loaders):
+                    submit(waiting)
+                    waiting = []
+                pending = [f for f in futures.values() if not f.done()]
+                if not pending and (not waiting or interrupted):
+                    break
+                wait(pending, timeout=0.3, return_when=FIRST_COMPLETED)
             except KeyboardInterrupt:
                 interrupted = True
-            now = time.monotonic()
-            for n in names:
-                begun = control.started.get(n)
-                if interrupted and not futures[n].done():
-                    control.stop(n, INTERRUPTED)
-                elif begun is not None and now - begun > deadline[n] and not futures[n].done():
-                    control.stop(n, StepError("timeout", f"stopped after {deadline[n]:.0f} s "
-                                              "(the runbook time limit): the findings above are "
-                                              "what it found until then"))
-            if interrupted:
-                for f in futures.values():
-                    f.cancel()  # those not started yet
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _CONTROL = None
-    outcomes = []
-    for n in names:
-        f = futures[n]
-        if f.cancelled():
-            continue
-        outcomes.append(f.result())
+    outcomes = [futures[n].result() for n in names
+                if n in futures and not futures[n].cancelled()]
     for n in names:
         if n in control.reasons:
-            registry.runbook(n).stopped(typed)
+            specs[n].stopped(typed)
     return outcomes, interrupted
+
+
 def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
     """No traceback and no secret in the executed notebook: an error output becomes one masked
     line (the step and the error), and every text output is masked."""

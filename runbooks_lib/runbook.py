@@ -262,6 +262,8 @@ class Runbook:
             return
         for check_id in self.spec.step(key).checks:
             self.check(check_id)
+        self.report.steps_done.append(key)
+        self.report.write()
 
     def run_all(self) -> dict[str, Any]:
         """Every step, then the verdict: the notebook without the notebook."""

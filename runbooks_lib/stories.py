@@ -128,20 +128,19 @@ class Story:
 
     @property
     def related(self) -> list[Item]:
-        """Its other findings, each (check, runbook) once: the same blocker seen twice is
-        shown once."""
-        seen = {(self.lead.finding.get("check"), self.lead.runbook)}
+        """Its other findings, each once: the same root blocker seen by two runbooks (the
+        same check about the same subjects) is shown once."""
+        def same(item: Item) -> tuple[str, str]:
+            f = item.finding
+            return str(f.get("check")), ",".join(sorted(subjects(f))) or str(f.get("title"))
+
+        seen = {same(self.lead)}
         out = []
         for item in self.findings:
-            key = (item.finding.get("check"), item.runbook)
-            if item is not self.lead and key not in seen and not self._repeat(item):
-                seen.add(key)
+            if item is not self.lead and same(item) not in seen:
+                seen.add(same(item))
                 out.append(item)
         return out
-
-    def _repeat(self, item: Item) -> bool:
-        """The lead's own check seen by another runbook (the same root blocker)."""
-        return item.finding.get("check") == self.lead.finding.get("check")
 
     def key(self) -> str:
         return identity(self.lead.runbook, self.lead.finding)

@@ -72,9 +72,12 @@ def one_row_per_statement(df: pd.DataFrame) -> pd.DataFrame:
               .agg({**{c: "sum" for c in COUNTERS}, **{c: "first" for c in rest}}))
 
 
-def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+def statement_delta(before: pd.DataFrame, after: pd.DataFrame,
+                    own: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Per statement, what happened between two snapshots of one_row_per_statement (a
-    statement evicted or reset in between counts from zero)."""
+    statement evicted or reset in between counts from zero). Our own statements are left out:
+    those carrying the marker, and OWN, the texts the other runbooks' sessions were seen
+    running (a restore drill's COPY ... TO stdout)."""
     merged = after.merge(before[KEY + COUNTERS], on=KEY, how="left", suffixes=("", "_before"))
     for c in COUNTERS:
         prev = merged[f"{c}_before"].fillna(0)
@@ -82,6 +85,8 @@ def statement_delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
         merged[c] = delta.where(delta >= 0, merged[c])
     merged = merged.drop(columns=[f"{c}_before" for c in COUNTERS])
     ours = merged["query"].str.contains(queries.MARKER, regex=False)
+    if own:
+        ours |= merged["query"].isin(own)
     merged = merged[(merged["calls"] > 0) & ~ours].copy()
     for c in COUNTERS:
         if c != "total_exec_time":
@@ -123,13 +128,14 @@ class Window:
     writes: pd.DataFrame  # relid, *_window for tables behind unindexed foreign keys
     sees_all: bool = True  # False: other roles' sessions are invisible to the samples
     role: str = ""
+    own_statements: frozenset[str] = frozenset()  # run by the runbooks' own sessions
 
     @cached_property
     def delta(self) -> pd.DataFrame:
         """Per statement, the window's calls, time and rows (our own statements left out)."""
         if self.stmts_before is None or self.stmts_after is None:
             raise SkipStep(self.statements_skipped or "no statements snapshot")
-        return statement_delta(self.stmts_before, self.stmts_after)
+        return statement_delta(self.stmts_before, self.stmts_after, self.own_statements)
 
 
 def fetch(rb: Runbook, p: Params) -> Window:
@@ -166,9 +172,13 @@ def fetch(rb: Runbook, p: Params) -> Window:
     end = dt.datetime.now(dt.UTC)
     after = statements(s) if before is not None else None
     blocks1 = s.row(blocks_sql)
+    sampled = pd.concat(frames, ignore_index=True)
+    ours = sampled["ours"].fillna(False).astype(bool)
+    own = frozenset(str(q) for q in sampled.loc[ours, "own_query"].dropna())
     return Window(
         seconds=window_s, start=start, end=end,
-        samples=pd.concat(frames, ignore_index=True), n_samples=n, database=s.facts.database,
+        samples=sampled.loc[~ours].drop(columns=["ours", "own_query"]).reset_index(drop=True),
+        n_samples=n, database=s.facts.database, own_statements=own,
         stmts_before=before, stmts_after=after, statements_skipped=skipped,
         scans=counter_delta(scans0, s.frame(scans_sql, {"min_rows": large}), "relid",
                             TABLE_COUNTERS),

@@ -24,5 +24,6 @@ SPEC = register_runbook(RunbookSpec(
     modules=("shared", "drill"),
     tail=RECORDING,
     time_limit="drill_timeout_minutes",
+    loads_source_until="backup",
     on_stop="runbooks_lib.drill.restore:after_stop",
 ))
