@@ -25,7 +25,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from . import stories
 from .findings import COULD_NOT_RUN, SEVERITIES
-from .target import mask_text
+from .target import mask_text, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -175,26 +175,6 @@ class Delivery:
     error: str
 
 
-def shown_url(url: str) -> str:
-    """A webhook URL as it may be shown: scheme://host[:port]; the path, query and userinfo
-    of a Slack webhook are its credentials.
-
-    >>> shown_url("https://user:pw@hooks.slack.com:443/services/T0/B0/XYZ?x=1")
-    'https://hooks.slack.com:443'
-    >>> shown_url("http://[::1]:8080/a"), shown_url("not a url")
-    ('http://[::1]:8080', '(webhook)')
-    """
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return "(webhook)"
-    if not parts.scheme or not host:
-        return "(webhook)"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
-
-
 def _scrub(text: str, url: str) -> str:
     """TEXT without any piece of URL beyond what shown_url shows (an exception may quote it)."""
     try:
@@ -229,7 +209,7 @@ def deliver(url: str, payload: Mapping[str, Any], attempts: int = 3, backoff_s: 
     (after Retry-After when given, else backoff_s, 2x, 4x ...); never raise. A user:password
     in URL is sent as HTTP Basic authentication."""
     where = shown_url(url)
-    if not _is_web(url) or where == "(webhook)":
+    if not _is_web(url) or where == "(url)":
         return Delivery(False, 0, None, f"{where}: not an http(s) URL with a host, nothing sent")
     headers = {"Content-Type": "application/json"}
     parts = urlsplit(url)

@@ -34,12 +34,13 @@ def console(summary: dict[str, Any], quiet: bool) -> None:
     """Each runbook's status and its warning and critical findings (related ones merged, the
     same blocker seen twice once), then the report paths. QUIET: nothing unless the run's
     status is at least warning (cron mails whatever is printed)."""
-    from . import outputs, stories
+    from . import stories
+    from .findings import run_reports
 
     if quiet and summary["exit_code"] == 0:
         return
     out_dir = Path(summary["out_dir"])
-    reports = outputs.reports_of(out_dir, summary)
+    reports = run_reports(out_dir, summary)
     told: set[str] = set()
     for rb in summary["runbooks"]:
         counts = rb["findings"]
@@ -47,7 +48,7 @@ def console(summary: dict[str, Any], quiet: bool) -> None:
               f"{counts['warning']} warning, {rb['skipped']} skipped)"
               + (": " + "; ".join(f"{e['step']}: {e['message'].splitlines()[0][:200]}"
                                   for e in rb["errors"]) if rb["errors"] else ""))
-        for story in stories.loud({rb["name"]: reports[rb["name"]]}):
+        for story in stories.loud({rb["name"]: reports.get(rb["name"], {})}):
             key = story.key()
             if key in told:
                 continue

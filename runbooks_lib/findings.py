@@ -212,3 +212,23 @@ def write_json(path: Path, data: Any) -> None:
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
+
+
+def run_reports(run_dir: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The findings JSONs summary.json lists, by runbook, read from RUN_DIR (one that is
+    missing or unreadable is left out: a runbook that could not run may not have written it)."""
+    out: dict[str, dict[str, Any]] = {}
+    listed = summary.get("runbooks")
+    for rb in listed if isinstance(listed, list) else []:
+        if not isinstance(rb, dict) or not rb.get("name"):
+            continue
+        files = rb.get("files")
+        given = files.get("findings") if isinstance(files, dict) else None
+        name = Path(str(given or f"{rb['name']}.findings.json")).name
+        try:
+            data = json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            out[str(rb["name"])] = data
+    return out

@@ -224,25 +224,6 @@ def record(root: Path, run_dir: Path, summary: Mapping[str, Any],
     return rec
 
 
-def reports_of(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The findings JSONs summary.json lists, by runbook, read from RUN_DIR (one that is
-    missing or unreadable is left out: a runbook that could not run may not have written it)."""
-    out: dict[str, dict[str, Any]] = {}
-    listed = summary.get("runbooks")
-    for rb in listed if isinstance(listed, list) else []:
-        if not isinstance(rb, Mapping) or not rb.get("name"):
-            continue
-        files = _map(rb.get("files"))
-        name = Path(str(files.get("findings") or f"{rb['name']}.findings.json")).name
-        try:
-            data = json.loads((run_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            out[str(rb["name"])] = data
-    return out
-
-
 # ---------------------------------------------------------------- reading
 
 def _clean(rec: Any) -> dict[str, Any] | None:

@@ -23,9 +23,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .findings import COULD_NOT_RUN, SEVERITIES, exit_code
+from .findings import COULD_NOT_RUN, SEVERITIES, exit_code, run_reports
 from .stories import LOUD, loud
-from .target import mask_text
+from .target import mask_text, shown_url
 
 JOB = "pg_runbooks"
 PUSH_TIMEOUT_S = 5.0
@@ -107,19 +107,7 @@ class Run:
     def load(cls, target: str, out: Path) -> Run:
         """The run written in OUT (summary.json and the findings JSONs it names)."""
         summary: dict[str, Any] = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        reports: dict[str, Mapping[str, Any]] = {}
-        for entry in _entries(summary):
-            name = entry["name"]
-            files = entry.get("files")
-            given = files.get("findings") if isinstance(files, Mapping) else None
-            path = out / str(given or f"{name}.findings.json")
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # a runbook that could not write its findings: no check series
-            if isinstance(data, Mapping):
-                reports[name] = data
-        return cls(target, summary, reports)
+        return cls(target, summary, run_reports(out, summary))
 
 
 def metric_name(name: str) -> str:
@@ -350,21 +338,6 @@ def write_file(registry: Collector, path: Path) -> None:
     write_to_textfile(str(path), registry)
 
 
-def mask_url(url: str) -> str:
-    """URL with the password (or a bare token) of its user info hidden.
-
-    >>> mask_url("https://u:secret@gw.internal:9091/push")
-    'https://u:***@gw.internal:9091/push'
-    >>> mask_url("https://token@gw.internal")
-    'https://***@gw.internal'
-    """
-    def hide(m: re.Match[str]) -> str:
-        user, sep, _ = m["info"].partition(":")
-        return f"//{user}:***@" if sep else "//***@"
-
-    return re.sub(r"//(?P<info>[^/@\s]*)@", hide, url)
-
-
 def _basic_auth(user: str, password: str) -> Callable[..., Callable[[], None]]:
     def handler(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]],
                 data: bytes) -> Callable[[], None]:
@@ -385,7 +358,7 @@ def push(registry: Collector, url: str, target: str) -> str | None:
     """Replace the group {job=pg_runbooks, target=TARGET} on the Pushgateway at URL with the
     series of REGISTRY labelled TARGET (credentials in URL become basic auth). None when done,
     else a one-line reason, with no password in it; never raises."""
-    shown = mask_url(url)
+    shown = shown_url(url)
     secrets: list[str] = []
     try:
         parts = urlsplit(url if "://" in url else f"http://{url}")

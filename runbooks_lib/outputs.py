@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import alerts, history, metrics
-from .findings import load, write_json, write_text
+from .findings import load, run_reports, write_json, write_text
 from .target import mask_text
 
 if TYPE_CHECKING:
@@ -25,24 +25,13 @@ log = logging.getLogger("runbooks_lib")
 OVERVIEW = "health_overview"
 
 
-def reports_of(out: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each runbook's findings JSON, by name (an unreadable one as an empty report)."""
-    found: dict[str, dict[str, Any]] = {}
-    for rb in summary["runbooks"]:
-        try:
-            found[rb["name"]] = load(out / rb["files"]["findings"])
-        except (OSError, ValueError, KeyError):
-            found[rb["name"]] = {"runbook": rb["name"], "findings": [], "errors": []}
-    return found
-
-
 def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str],
            interrupted: bool) -> None:
     """Every output of a run after its runbooks; problems land in summary['problems']."""
     problems: list[str] = []
     summary["problems"] = problems
     write_json(out / "summary.json", summary)
-    reports = reports_of(out, summary)
+    reports = run_reports(out, summary)
 
     entries = alerts.entries(summary, reports)
     write_json(out / "alerts.json", entries)

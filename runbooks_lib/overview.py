@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from . import history, stories
-from .findings import COULD_NOT_RUN
+from .findings import COULD_NOT_RUN, run_reports
 
 AREAS = (("connections", "connectivity"), ("latency", "latency"),
          ("transaction failures", "transaction_failures"), ("backups", "restore_drill"))
+AREA_OF = {runbook: area for area, runbook in AREAS}
 # (area runbook, finding check, label): the figures a manager looks for, with their thresholds
 KEY_FIGURES = (
     ("connectivity", "connection_usage", "connection slots used"),
@@ -80,10 +81,12 @@ class Overview:
                                                  else "")
             link = f'<a href="{runbook}.html">report</a>' if runbook in self.reports else ""
             cells.append(
-                f'<div class="ov-light" style="border-top:8px solid {COLORS.get(status, "#757575")}">'
+                f'<div class="ov-light" style="flex:1 1 170px;border:1px solid #ddd;padding:6px '
+                f'10px;border-top:10px solid {COLORS.get(status, "#757575")}">'
                 f"<b>{e(area)}</b><br><span style=\"color:{COLORS.get(status, '#757575')}\">"
                 f"<b>{e(status)}</b></span><br><small>{why}</small><br>{link}</div>")
-        return '<div class="ov-lights">' + "".join(cells) + "</div>"
+        return ('<div class="ov-lights" style="display:flex;flex-wrap:wrap;gap:10px">'
+                + "".join(cells) + "</div>")
 
     def figures(self) -> list[dict[str, Any]]:
         """The key figures present in this run (a check that did not run gives none)."""
@@ -93,7 +96,7 @@ class Overview:
                 m = f.get("metric") or {}
                 if f.get("check") == check and isinstance(m.get("value"), int | float):
                     threshold = m.get("threshold")
-                    rows.append({"area": runbook, "figure": label, "name": m["name"],
+                    rows.append({"area": AREA_OF[runbook], "figure": label, "name": m["name"],
                                  "value": shown_value(m["name"], float(m["value"])),
                                  "threshold": shown_value(m["name"], float(threshold))
                                  if isinstance(threshold, int | float) else "",
@@ -193,13 +196,7 @@ def load(run_dir: str | Path) -> Overview:
             raise FileNotFoundError(f"no run in {path}: runbooks run --all writes one")
         path = runs[-1]
     summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-    reports: dict[str, dict[str, Any]] = {}
-    for rb in summary.get("runbooks", []):
-        try:
-            reports[rb["name"]] = json.loads((path / rb["files"]["findings"])
-                                             .read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError):
-            reports[rb["name"]] = {"findings": [], "errors": []}
+    reports = run_reports(path, summary)
     ov = Overview(path, summary, reports)
     root, label = path.parent, str(summary.get("target_label", ""))
     try:

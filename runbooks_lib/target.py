@@ -170,3 +170,23 @@ def resolve(spec: str | None, environ: dict[str, str] | None = None) -> Target:
     target = Target(spec=spec, conninfo=raw, prisma=prisma)
     target.params  # noqa: B018 - validate now, with a masked message
     return target
+
+
+def shown_url(url: str) -> str:
+    """A URL as it may be shown: scheme://host[:port]; the path, query and userinfo of a
+    Slack webhook are its credentials, a Pushgateway's userinfo too.
+
+    >>> shown_url("https://user:pw@hooks.slack.com:443/services/T0/B0/XYZ?x=1")
+    'https://hooks.slack.com:443'
+    >>> shown_url("http://[::1]:8080/a"), shown_url("not a url")
+    ('http://[::1]:8080', '(url)')
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "(url)"
+    if not parts.scheme or not host:
+        return "(url)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")

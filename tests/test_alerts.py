@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from runbooks_lib import alerts, stories
+from runbooks_lib.target import shown_url
 
 RUN = Path(__file__).parent / "data" / "alerts_run"
 SECRET_PATH = "/services/T000/B000/SECRET"
@@ -360,5 +361,5 @@ def test_what_is_no_web_address_is_not_sent(url: str) -> None:
 
 
 def test_shown_url_keeps_only_scheme_host_and_port() -> None:
-    assert alerts.shown_url("https://hooks.slack.com" + SECRET_PATH) == "https://hooks.slack.com"
-    assert alerts.shown_url("http://u:p@127.0.0.1:8080" + SECRET_PATH + "?t=1#f") == "http://127.0.0.1:8080"
+    assert shown_url("https://hooks.slack.com" + SECRET_PATH) == "https://hooks.slack.com"
+    assert shown_url("http://u:p@127.0.0.1:8080" + SECRET_PATH + "?t=1#f") == "http://127.0.0.1:8080"
