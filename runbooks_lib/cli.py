@@ -41,18 +41,23 @@ def console(summary: dict[str, Any], quiet: bool) -> None:
         return
     out_dir = Path(summary["out_dir"])
     reports = run_reports(out_dir, summary)
-    told: set[str] = set()
+    order = [rb["name"] for rb in summary["runbooks"]]
+    loud = stories.loud({n: reports[n] for n in order if n in reports})
     for rb in summary["runbooks"]:
         counts = rb["findings"]
         print(f"{rb['name']}: {rb['status']} ({counts['critical']} critical, "
               f"{counts['warning']} warning, {rb['skipped']} skipped)"
               + (": " + "; ".join(f"{e['step']}: {e['message'].splitlines()[0][:200]}"
                                   for e in rb["errors"]) if rb["errors"] else ""))
-        for story in stories.loud({rb["name"]: reports.get(rb["name"], {})}):
-            key = story.key()
-            if key in told:
+        for story in loud:
+            mine = [i for i in story.findings if i.runbook == rb["name"]]
+            if not mine:
                 continue
-            told.add(key)
+            first = min(story.runbooks, key=order.index)
+            if first != rb["name"]:  # told under the runbook that saw it first
+                print(f"  [{mine[0].severity}] the same {mine[0].finding['check']} as under "
+                      f"{first}")
+                continue
             more = f" (+{len(story.related)} related)" if story.related else ""
             print(f"  [{story.severity}] {story.title}{more}")
     for problem in summary.get("problems", []):

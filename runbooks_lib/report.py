@@ -237,6 +237,8 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     timeout_s, _ = limits(spec, given, timeout_s, 0)
     failure: StepError | None = None
     try:
+        if control is not None and name in control.reasons:
+            raise RuntimeError("stopped before it started")  # its files are still written
         papermill.execute_notebook(str(path), str(nb_out), parameters=given, kernel_name="python3",
                                    progress_bar=False, log_output=False,
                                    execution_timeout=timeout_s, cwd=str(out),
@@ -348,10 +350,16 @@ def run_parallel(names: list[str], out: Path, params: dict[str, Any], typed: dic
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _CONTROL = None
-    outcomes = [futures[n].result() for n in names
-                if n in futures and not futures[n].cancelled()]
+    outcomes = []
+    for n in names:  # one that never started is said too (could not run: interrupted)
+        if n not in futures or futures[n].cancelled():
+            control.reasons.setdefault(n, StepError(
+                "interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it started"))
+            outcomes.append(run_one(n, books[n], out, params, secrets, cell_s, shown, control))
+        else:
+            outcomes.append(futures[n].result())
     for n in names:
-        if n in control.reasons:
+        if n in control.reasons and n in futures and not futures[n].cancelled():
             specs[n].stopped(typed)
     return outcomes, interrupted
 

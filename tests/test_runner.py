@@ -55,8 +55,9 @@ def test_healthy_run_exits_0_with_all_outputs(quiet: Sandbox, tmp_path: Path) ->
     assert summary["exit_code"] == 0 and summary["runbooks"][0]["name"] == "connectivity"
     assert json.loads((tmp_path / "alerts.json").read_text()) == []
     metrics = (tmp_path / "metrics.prom").read_text()
-    assert 'pg_runbooks_exit_code{runbook="connectivity"} 0' in metrics
-    assert 'name="connection_usage_ratio"' in metrics
+    label = f'target="127.0.0.1:{quiet.port}/cosnap"'
+    assert f'pg_runbooks_status_code{{runbook="connectivity",{label}}} 0.0' in metrics
+    assert f'pg_runbooks_check_connection_usage_ratio{{runbook="connectivity",{label}}}' in metrics
     html = (tmp_path / "connectivity.html").read_text()
     assert "Plotly.newPlot" in html and "cdn.plot.ly" not in html.split("</head>")[1]
     assert "from runbooks_lib import" not in html, "code cells are hidden in the report"
@@ -218,8 +219,9 @@ def test_relative_out_dir_and_default_out_dir(quiet: Sandbox, tmp_path: Path) ->
         assert outputs(tmp_path / "rel" / "out")["status"] == "warning"
         proc = run_cli("run", "connectivity", env=env, cwd=tmp_path)  # reports/<timestamp>/
         assert proc.returncode == 1, proc.stdout + proc.stderr
-    (default,) = (tmp_path / "reports").iterdir()
+    (default,) = (p for p in (tmp_path / "reports").iterdir() if p.is_dir())
     assert outputs(default)["status"] == "warning"
+    assert (tmp_path / "reports" / "history.jsonl").exists(), "the reports root keeps history"
 
 
 def test_a_notebook_that_writes_no_findings_could_not_run(tmp_path: Path) -> None:
