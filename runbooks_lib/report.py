@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import registry
+from . import page, registry
 from .findings import (
     COULD_NOT_RUN,
     Report,
@@ -202,7 +202,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     write_json(findings_path, data)
     try:
         nb = sanitize_notebook(nb_out, secrets) if nb_out.exists() else {"cells": []}
-        write_text(html_out, render_html(nb, data))
+        write_text(html_out, page.render(nb, data, page.write_assets(out)))
     except Exception as exc:  # noqa: BLE001 - the JSON must still say what happened
         data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
         data["status"] = COULD_NOT_RUN
@@ -265,89 +265,6 @@ def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
         cell.outputs = clean
     nbformat.write(nb, nb_path)
     return nb
-
-
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:0 auto;
-padding:0 16px 40px;color:#222;line-height:1.45}
-.rb-banner{padding:10px 12px;margin:12px 0;border:1px solid #ccc;border-radius:4px;background:#fafafa}
-.rb-status-ok,.rb-status-info{color:#2e7d32}.rb-status-warning{color:#ef6c00}
-.rb-status-critical,.rb-status-could-not-run{color:#c62828}
-.rb-banner-could-not-run,.rb-banner-critical{border-color:#c62828;background:#fdecea}
-table.rb-table{border-collapse:collapse;font-size:13px;margin:6px 0}
-table.rb-table th,table.rb-table td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-table.rb-table th{background:#f0f0f0}
-pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px}
-code{background:#f0f0f0;padding:0 3px}
-.rb-stderr{color:#c62828}
-"""
-
-
-def _output_html(output: Any) -> str:
-    """One cell output. HTML outputs were escaped by present.py when they were made; text is
-    escaped here. Widgets have no place in a static report: their text form is shown."""
-    import html
-
-    kind = output.get("output_type")
-    if kind == "stream":
-        cls = ' class="rb-stderr"' if output.get("name") == "stderr" else ""
-        return f"<pre{cls}>{html.escape(output.get('text', ''))}</pre>"
-    if kind == "error":
-        return f'<pre class="rb-stderr">{html.escape(output.get("ename", ""))}: ' \
-               f'{html.escape(output.get("evalue", ""))}</pre>'
-    data = output.get("data", {})
-    if "text/html" in data:
-        value = data["text/html"]
-        return "".join(value) if isinstance(value, list) else str(value)
-    if "image/png" in data:
-        return f'<img src="data:image/png;base64,{data["image/png"]}"/>'
-    if "text/plain" in data:
-        return f"<pre>{html.escape(str(data['text/plain']))}</pre>"
-    return ""
-
-
-def render_html(nb: Any, data: dict[str, Any]) -> str:
-    """The executed notebook as a standalone page: the markdown explanations and the outputs,
-    code hidden, plotly.js embedded once (offline, no CDN)."""
-    import html
-    from importlib import resources
-
-    import mistune
-
-    md = mistune.create_markdown(escape=True, plugins=["table", "strikethrough"])
-    e = html.escape
-    status = str(data.get("status", ""))
-    css = status.replace(" ", "-")
-    banner = (f'<div class="rb-banner rb-banner-{e(css)}"><b>{e(data["runbook"])}</b> on <code>'
-              f'{e(data["target"])}</code>, PostgreSQL '
-              f"{e(str(data.get('server_version') or '(not reached)'))}, started "
-              f"{e(data['started_at'])}: "
-              f'status <b class="rb-status-{e(css)}">{e(status)}</b>'
-              + (f" ({len(data['skipped'])} check{'s' if len(data['skipped']) != 1 else ''} "
-                 "skipped: see below)" if data.get("skipped") else "")
-              + "".join(f"<br><b>could not run</b> {e(err['step'])}: {e(err['message'])}"
-                        for err in data.get("errors", []))
-              + "</div>")
-    parts: list[str] = []
-    for cell in nb.get("cells", []):
-        if "papermill-error-cell-tag" in cell.get("metadata", {}).get("tags", []):
-            continue  # papermill's raw-HTML pointer to the failed cell: the banner says it
-        if cell.get("cell_type") == "markdown":
-            parts.append(str(md(cell.get("source", ""))))
-        elif cell.get("cell_type") == "code":
-            tags = cell.get("metadata", {}).get("tags", [])
-            if "parameters" in tags or "injected-parameters" in tags:
-                continue
-            parts.extend(_output_html(o) for o in cell.get("outputs", []))
-    body = "\n".join(p for p in parts if p)
-    uses_plotly = "Plotly.newPlot" in body
-    plotly_js = ""
-    if uses_plotly:
-        js = resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text("utf-8")
-        plotly_js = f'<script type="text/javascript">{js}</script>'
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
-            f"<title>{e(data['runbook'])}: {e(status)}</title><style>{_CSS}</style>{plotly_js}"
-            f"</head><body>{banner}{body}</body></html>\n")
 
 
 def _password(spec: str) -> str:
