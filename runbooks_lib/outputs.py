@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import alerts, history, metrics
+from . import alerts, history, metrics, page
 from .findings import load, run_reports, write_json, write_text
 from .target import mask_text
 
@@ -94,7 +94,9 @@ def run_overview(out: Path, secrets: list[str], timeout_s: int) -> None:
                                kernel_manager_class=report.kernel_manager_class())
     nb = report.sanitize_notebook(nb_out, secrets)
     summary = load(out / "summary.json")
-    write_text(out / f"{OVERVIEW}.html", report.render_overview(nb, summary))
+    title = f"health overview: {summary.get('status', '')}"
+    write_text(out / f"{OVERVIEW}.html",
+               page.document(title, nb, lambda _: "", page.write_assets(out)))
 
 
 def index_html(out: Path, summary: dict[str, Any]) -> str:

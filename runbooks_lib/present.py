@@ -2,7 +2,9 @@
 
 Everything that came from the database is escaped: application names and query texts can hold
 HTML. Figures are plotly specs emitted as the plotly MIME bundle (interactive in JupyterLab) plus an
-HTML fragment without plotly.js; the report embeds plotly.js once, offline (report.py).
+HTML fragment without plotly.js; the report page loads plotly.js from a file beside it, offline
+(page.py). Tables sit in a wrapper that scrolls sideways, so a wide one never runs off a phone's
+screen; each finding carries the id the report's summary links to.
 """
 
 from __future__ import annotations
@@ -32,19 +34,30 @@ def _display(bundle: dict[str, Any]) -> None:
     display(bundle, raw=True)
 
 
+SMALL_TABLE = 12  # rows: a table this short is kept on one printed page
+
+
 def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
+    """DF escaped, in a wrapper that scrolls sideways (a wide table stays on a phone's screen);
+    a short one is marked rb-small so that printing does not split it."""
     shown = df.head(max_rows)
-    out = shown.to_html(index=False, escape=True, border=0, classes="rb-table", na_rep="")
+    small = " rb-small" if len(shown) <= SMALL_TABLE else ""
+    out = (f'<div class="rb-scroll{small}" style="overflow-x:auto;max-width:100%">'
+           + shown.to_html(index=False, escape=True, border=0, classes="rb-table", na_rep="")
+           + "</div>")
     if len(df) > max_rows:
         out += f"<p><i>{len(df) - max_rows} more rows not shown</i></p>"
     return out
 
 
-def finding_html(f: Finding) -> str:
+def finding_html(f: Finding, anchor: str = "") -> str:
+    """One finding; ANCHOR (finding-<index in the findings JSON>) is the id the report's
+    summary links to. Its evidence is collapsed: the title, detail and Next come first."""
     e = html.escape
     color = _COLORS.get(f.severity, "#555")
+    ident = f' id="{e(anchor)}"' if anchor else ""
     parts = [
-        f'<div class="rb-finding rb-{e(f.severity)}" style="border-left:6px solid {color};'
+        f'<div{ident} class="rb-finding rb-{e(f.severity)}" style="border-left:6px solid {color};'
         'padding:4px 10px;margin:6px 0">',
         f'<b style="color:{color}">{e(f.severity.upper())}</b> '
         f"<b>{e(f.title)}</b> <code>{e(f.check)}</code>",
@@ -54,7 +67,7 @@ def finding_html(f: Finding) -> str:
     if f.remediation:
         parts.append(f"<div><i>Next:</i> {e(f.remediation)}</div>")
     if f.evidence:
-        parts.append("<details><summary>evidence</summary>")
+        parts.append('<details class="rb-evidence"><summary>evidence</summary>')
         import pandas as pd
 
         parts.append(table_html(pd.DataFrame(f.evidence), max_rows=20))
@@ -63,11 +76,15 @@ def finding_html(f: Finding) -> str:
     return "".join(parts)
 
 
-def show_findings(findings: list[Finding]) -> None:
+def show_findings(findings: list[Finding], first: int | None = None) -> None:
+    """FINDINGS shown; FIRST is the index of the first one in the findings JSON, which makes
+    each one's anchor (finding-<index>)."""
     if not findings:
         return
     text = "\n".join(f"[{f.severity}] {f.title}" for f in findings)
-    _display({"text/html": "".join(finding_html(f) for f in findings), "text/plain": text})
+    body = "".join(finding_html(f, "" if first is None else f"finding-{first + i}")
+                   for i, f in enumerate(findings))
+    _display({"text/html": body, "text/plain": text})
 
 
 def show_skipped(skipped: Skipped) -> None:
@@ -88,8 +105,17 @@ def show_error(step: str, message: str) -> None:
     })
 
 
-def show_table(df: pd.DataFrame, caption: str = "", max_rows: int = 50) -> None:
-    head = f"<h4>{html.escape(caption)}</h4>" if caption else ""
+def show_table(df: pd.DataFrame, caption: str = "", max_rows: int = 50,
+               collapsed: bool = False) -> None:
+    """DF under CAPTION; COLLAPSED puts it in a closed <details> whose summary is the caption
+    (another ordering of a table already shown: there when wanted, not in the way)."""
+    c = html.escape(caption)
+    if collapsed:
+        inner = "<p><i>none</i></p>" if df.empty else table_html(df, max_rows)
+        _display({"text/html": f'<details class="rb-more"><summary>{c}</summary>{inner}</details>',
+                  "text/plain": f"{caption}: none" if df.empty else df.head(max_rows).to_string()})
+        return
+    head = f"<h4>{c}</h4>" if caption else ""
     if df.empty:
         _display({"text/html": head + "<p><i>none</i></p>", "text/plain": f"{caption}: none"})
         return
@@ -110,7 +136,7 @@ def script_json(value: Any) -> str:
 
 def figure_bundle(spec: dict[str, Any]) -> dict[str, Any]:
     """A plotly figure spec as the plotly MIME bundle (interactive in JupyterLab) plus an HTML
-    fragment that expects plotly.js on the page (the report embeds it once)."""
+    fragment that expects plotly.js on the page (the report loads it from a file beside it)."""
     div = f"rb-fig-{uuid.uuid4().hex[:12]}"
     fragment = (f'<div id="{div}" class="rb-figure" style="height:420px"></div>'
                 f'<script type="text/javascript">(function(){{var s={script_json(spec)};'

@@ -1,10 +1,10 @@
 """Headless runs: execute runbook notebooks with papermill and write the outputs of the contract.
 
-Per runbook ``NAME.ipynb``, ``NAME.html`` (code hidden, plotly.js embedded once so charts work
-offline) and ``NAME.findings.json``; for the run ``summary.json``, ``alerts.json`` and
-``metrics.prom`` (Prometheus textfile format). Secrets never become notebook parameters: a
-literal DSN is handed to the kernel in an environment variable and the notebook gets ``env:NAME``
-(papermill stores every parameter in the executed notebook: its issues #271, #416, #706).
+Per runbook ``NAME.ipynb``, ``NAME.html`` (code hidden, see page.py) and ``NAME.findings.json``;
+the runbooks of a run in parallel (parallel.py); then the run's own outputs (outputs.py).
+Secrets never become notebook parameters: a literal DSN is handed to the kernel in an
+environment variable and the notebook gets ``env:NAME`` (papermill stores every parameter in
+the executed notebook: its issues #271, #416, #706).
 """
 
 from __future__ import annotations
@@ -12,17 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import registry
+from . import page, parallel, registry
 from .findings import (
     COULD_NOT_RUN,
     Report,
@@ -76,7 +73,7 @@ def kernel_manager_class() -> type:
             await AsyncKernelManager._async_launch_kernel(self, kernel_cmd, **kw)
             process = getattr(self.provisioner, "process", None)
             if process is not None:
-                _kernel_started(process.pid)
+                parallel.kernel_started(process.pid)
 
     return IPCKernelManager
 
@@ -165,63 +162,9 @@ def _failed_step(exc: BaseException, nb_path: Path, secrets: list[str]) -> StepE
     return StepError(mask_text(where, *secrets), mask_text(f"{ename}: {evalue}", *secrets)[:2000])
 
 
-class Control:
-    """What the runner decided about the runbooks running in its threads: the kernel each one
-    runs in (so a hung or interrupted one can be stopped) and why it was stopped."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.kernels: dict[str, int] = {}  # runbook -> kernel pid (its own process group)
-        self.started: dict[str, float] = {}
-        self.reasons: dict[str, StepError] = {}
-
-    def begin(self, name: str) -> None:
-        with self.lock:
-            _THREAD_RUNBOOK.name = name
-            self.started[name] = time.monotonic()
-
-    def stop(self, name: str, why: StepError) -> None:
-        """Kill NAME's kernel and everything it started (pg_dump, psql): its thread's papermill
-        sees a dead kernel within a second and the runbook is reported as could not run."""
-        with self.lock:
-            self.reasons.setdefault(name, why)
-            pid = self.kernels.get(name)
-        if pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-class _ThreadRunbook(threading.local):
-    name = ""
-
-
-_THREAD_RUNBOOK = _ThreadRunbook()
-_CONTROL: Control | None = None  # the run in progress (one per process: see claimed())
-
-
-def _kernel_started(pid: int) -> None:
-    control, name = _CONTROL, _THREAD_RUNBOOK.name
-    if control is not None and name:
-        with control.lock:
-            control.kernels[name] = pid
-        if name in control.reasons:  # stopped while its kernel was starting
-            control.stop(name, control.reasons[name])
-
-
-def limits(spec: registry.RunbookSpec, given: dict[str, Any], cell_s: int,
-           runbook_s: float) -> tuple[int, float]:
-    """The time limits of one runbook (a cell, the whole run): a drill's long phases have
-    their own, the spec's time_limit parameter in minutes."""
-    if not spec.time_limit:
-        return cell_s, runbook_s
-    minutes = float(given.get(spec.time_limit, registry.parameter(spec.time_limit).default))
-    return max(cell_s, int(minutes * 60) + 120), max(runbook_s, minutes * 60 + 300)
-
-
 def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: list[str],
-            timeout_s: int, target_shown: str, control: Control | None = None) -> Outcome:
+            timeout_s: int, target_shown: str, control: parallel.Control | None = None
+            ) -> Outcome:
     import papermill
 
     started = time.monotonic()
@@ -234,7 +177,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     declared = {p.name for p in registry.parameters(spec)}
     given = {k: v for k, v in params.items() if k in declared}
     given["findings_path"] = str(findings_path)
-    timeout_s, _ = limits(spec, given, timeout_s, 0)
+    timeout_s, _ = parallel.limits(spec, given, timeout_s, 0)
     failure: StepError | None = None
     try:
         if control is not None and name in control.reasons:
@@ -262,7 +205,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     write_json(findings_path, data)
     try:
         nb = sanitize_notebook(nb_out, secrets) if nb_out.exists() else {"cells": []}
-        write_text(html_out, render_html(nb, data))
+        write_text(html_out, page.render(nb, data, page.write_assets(out)))
     except Exception as exc:  # noqa: BLE001 - the JSON must still say what happened
         data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
         data["status"] = COULD_NOT_RUN
@@ -281,87 +224,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, summary: dict[str, Any]) -> None:
         super().__init__("interrupted")
         self.summary = summary
-
-
-INTERRUPTED = StepError("interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it "
-                        "finished: the findings above are what it found until then")
-
-
-def _passed(findings_path: Path, step: str) -> bool:
-    try:
-        return step in load(findings_path).get("steps_done", [])
-    except (OSError, ValueError):
-        return False
-
-
-def run_parallel(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, Any],
-                 secrets: list[str], cell_s: int, runbook_s: float, jobs: int,
-                 shown: str) -> tuple[list[Outcome], bool]:
-    """NAMES in JOBS threads (each runbook's work is in its own kernel process), each stopped
-    after its time limit; Ctrl-C or SIGTERM stops them all. A runbook that loads the source
-    (the drill's backup) starts first and the others once it is past that step. Returns the
-    outcomes in NAMES' order and whether the run was interrupted; every outcome's files are
-    written."""
-    global _CONTROL
-    books = available()
-    control = Control()
-    _CONTROL = control
-    specs = {n: registry.runbook(n) for n in names}
-    deadline = {n: limits(specs[n], params, cell_s, runbook_s)[1] for n in names}
-    loaders = [n for n in names if specs[n].loads_source_until]
-    waiting = sorted((n for n in names if n not in loaders), key=lambda n: -deadline[n])
-    interrupted = False
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="runbook")
-    futures: dict[str, Future[Outcome]] = {}
-
-    def submit(batch: list[str]) -> None:
-        for n in batch:
-            futures[n] = pool.submit(run_one, n, books[n], out, params, secrets, cell_s, shown,
-                                     control)
-
-    try:
-        submit(loaders)
-        while True:
-            try:  # a signal may arrive anywhere in here: the next turn stops everything
-                now = time.monotonic()
-                for n, f in futures.items():
-                    if f.done():
-                        continue
-                    begun = control.started.get(n)
-                    if interrupted:
-                        if not f.cancel():  # not started yet: cancelled; running: stopped
-                            control.stop(n, INTERRUPTED)
-                    elif begun is not None and now - begun > deadline[n]:
-                        control.stop(n, StepError(
-                            "timeout", f"stopped after {deadline[n]:.0f} s (the runbook time "
-                            "limit): the findings above are what it found until then"))
-                if waiting and not interrupted and all(
-                        futures[n].done() or _passed(out / f"{n}.findings.json",
-                                                     specs[n].loads_source_until)
-                        for n in loaders):
-                    submit(waiting)
-                    waiting = []
-                pending = [f for f in futures.values() if not f.done()]
-                if not pending and (not waiting or interrupted):
-                    break
-                wait(pending, timeout=0.3, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                interrupted = True
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        _CONTROL = None
-    outcomes = []
-    for n in names:  # one that never started is said too (could not run: interrupted)
-        if n not in futures or futures[n].cancelled():
-            control.reasons.setdefault(n, StepError(
-                "interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it started"))
-            outcomes.append(run_one(n, books[n], out, params, secrets, cell_s, shown, control))
-        else:
-            outcomes.append(futures[n].result())
-    for n in names:
-        if n in control.reasons and n in futures and not futures[n].cancelled():
-            specs[n].stopped(typed)
-    return outcomes, interrupted
 
 
 def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
@@ -388,98 +250,6 @@ def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
         cell.outputs = clean
     nbformat.write(nb, nb_path)
     return nb
-
-
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:0 auto;
-padding:0 16px 40px;color:#222;line-height:1.45}
-.rb-banner{padding:10px 12px;margin:12px 0;border:1px solid #ccc;border-radius:4px;background:#fafafa}
-.rb-status-ok,.rb-status-info{color:#2e7d32}.rb-status-warning{color:#ef6c00}
-.rb-status-critical,.rb-status-could-not-run{color:#c62828}
-.rb-banner-could-not-run,.rb-banner-critical{border-color:#c62828;background:#fdecea}
-table.rb-table{border-collapse:collapse;font-size:13px;margin:6px 0}
-table.rb-table th,table.rb-table td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-table.rb-table th{background:#f0f0f0}
-pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px}
-code{background:#f0f0f0;padding:0 3px}
-.rb-stderr{color:#c62828}
-"""
-
-
-def _output_html(output: Any) -> str:
-    """One cell output. HTML outputs were escaped by present.py when they were made; text is
-    escaped here. Widgets have no place in a static report: their text form is shown."""
-    import html
-
-    kind = output.get("output_type")
-    if kind == "stream":
-        cls = ' class="rb-stderr"' if output.get("name") == "stderr" else ""
-        return f"<pre{cls}>{html.escape(output.get('text', ''))}</pre>"
-    if kind == "error":
-        return f'<pre class="rb-stderr">{html.escape(output.get("ename", ""))}: ' \
-               f'{html.escape(output.get("evalue", ""))}</pre>'
-    data = output.get("data", {})
-    if "text/html" in data:
-        value = data["text/html"]
-        return "".join(value) if isinstance(value, list) else str(value)
-    if "image/png" in data:
-        return f'<img src="data:image/png;base64,{data["image/png"]}"/>'
-    if "text/plain" in data:
-        return f"<pre>{html.escape(str(data['text/plain']))}</pre>"
-    return ""
-
-
-def render_html(nb: Any, data: dict[str, Any]) -> str:
-    """The executed notebook as a standalone page: the markdown explanations and the outputs,
-    code hidden, plotly.js embedded once (offline, no CDN)."""
-    import html
-    from importlib import resources
-
-    import mistune
-
-    md = mistune.create_markdown(escape=True, plugins=["table", "strikethrough"])
-    e = html.escape
-    status = str(data.get("status", ""))
-    css = status.replace(" ", "-")
-    banner = (f'<div class="rb-banner rb-banner-{e(css)}"><b>{e(data["runbook"])}</b> on <code>'
-              f'{e(data["target"])}</code>, PostgreSQL '
-              f"{e(str(data.get('server_version') or '(not reached)'))}, started "
-              f"{e(data['started_at'])}: "
-              f'status <b class="rb-status-{e(css)}">{e(status)}</b>'
-              + (f" ({len(data['skipped'])} check{'s' if len(data['skipped']) != 1 else ''} "
-                 "skipped: see below)" if data.get("skipped") else "")
-              + "".join(f"<br><b>could not run</b> {e(err['step'])}: {e(err['message'])}"
-                        for err in data.get("errors", []))
-              + "</div>")
-    parts: list[str] = []
-    for cell in nb.get("cells", []):
-        if "papermill-error-cell-tag" in cell.get("metadata", {}).get("tags", []):
-            continue  # papermill's raw-HTML pointer to the failed cell: the banner says it
-        if cell.get("cell_type") == "markdown":
-            parts.append(str(md(cell.get("source", ""))))
-        elif cell.get("cell_type") == "code":
-            tags = cell.get("metadata", {}).get("tags", [])
-            if "parameters" in tags or "injected-parameters" in tags:
-                continue
-            parts.extend(_output_html(o) for o in cell.get("outputs", []))
-    body = "\n".join(p for p in parts if p)
-    uses_plotly = "Plotly.newPlot" in body
-    plotly_js = ""
-    if uses_plotly:
-        js = resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text("utf-8")
-        plotly_js = f'<script type="text/javascript">{js}</script>'
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
-            f"<title>{e(data['runbook'])}: {e(status)}</title><style>{_CSS}</style>{plotly_js}"
-            f"</head><body>{banner}{body}</body></html>\n")
-
-
-def render_overview(nb: Any, summary: dict[str, Any]) -> str:
-    """The overview notebook as a page: the run's status in the banner, no findings of its own."""
-    data = {"runbook": "health overview", "target": summary.get("target", ""),
-            "server_version": None, "started_at": summary.get("started_at", ""),
-            "status": summary.get("status", ""), "findings": [], "skipped": [],
-            "errors": []}
-    return render_html(nb, data)
 
 
 def _password(spec: str) -> str:
@@ -582,9 +352,15 @@ def run(names: list[str], target: str, out: Path | None = None,
         shown, label = _shown(str(typed["target"])), _label(str(typed["target"]))
         started = dt.datetime.now(dt.UTC)
         with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
-            outcomes, interrupted = run_parallel(names, out, safe, typed, secrets,
+            books = available()
+
+            def start(name: str, control: parallel.Control) -> Outcome:
+                return run_one(name, books[name], out, safe, secrets, opts.cell_timeout_s,
+                               shown, control)
+
+            outcomes, interrupted = parallel.run(names, out, safe, typed, start,
                                                  opts.cell_timeout_s, opts.runbook_timeout_s,
-                                                 opts.jobs, shown)
+                                                 opts.jobs)
         code = max((o.exit_code for o in outcomes), default=0)
         summary = {
             "started_at": iso(started),

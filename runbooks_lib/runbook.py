@@ -278,9 +278,10 @@ class Runbook:
         batch = [findings] if isinstance(findings, Finding) else list(findings)
         for f in batch:
             f.title, f.detail = self.mask(f.title), self.mask(f.detail)
+        first = len(self.report.findings)  # their indexes in the findings JSON: the anchors
         self.report.findings.extend(batch)
         self.report.write()
-        present.show_findings(batch)
+        present.show_findings(batch, first)
         return batch
 
     def skip(self, check: str, reason: str) -> None:

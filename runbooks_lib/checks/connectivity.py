@@ -167,8 +167,14 @@ def show_holders(activity: Activity, found: list[Finding], p: Params) -> None:
                                               "age_s", "application",
                                               "Connection age (seconds)"))
     idle_tx = act[act["state"].isin(IDLE_IN_TX)].sort_values("state_age_s", ascending=False)
-    present.show_table(idle_tx[["pid", "application", "user", "client_addr", "state_age_s",
-                                "xact_age_s", "query"]], "sessions idle in transaction")
+    # the ones past the threshold are the finding's evidence below: listed there, not twice
+    listed = {row.get("pid") for f in found if f.severity != "ok" for row in f.evidence}
+    rest = idle_tx[~idle_tx["pid"].isin(listed)].round({"state_age_s": 1, "xact_age_s": 1})
+    if listed and rest.empty:
+        return
+    present.show_table(rest[["pid", "application", "user", "client_addr", "state_age_s",
+                             "xact_age_s", "query"]],
+                       "sessions idle in transaction" + (" (under the threshold)" if listed else ""))
 
 
 register(Check(

@@ -114,6 +114,8 @@ def rounded(delta: pd.DataFrame) -> pd.DataFrame:
 
 
 def show_top(w: Window, found: list[Finding], p: Params) -> None:
+    """One table of the window's statements by total time (with the columns the other orderings
+    sort by); those orderings and the lifetime view collapsed below it, not four copies."""
     if w.stmts_after is None:
         return
     shown = rounded(w.delta)
@@ -123,20 +125,25 @@ def show_top(w: Window, found: list[Finding], p: Params) -> None:
                        ("shared_blks_read", "blocks read from disk")):
         if shown[col].sum() > 0:
             present.show_table(shown.sort_values(col, ascending=False)[SHOWN].head(5),
-                               f"... by {title}")
+                               f"the same statements by {title}", collapsed=True)
     lifetime = w.stmts_after.assign(
         mean_ms=lambda d: (d["total_exec_time"] / d["calls"].clip(lower=1)).round(2))
     present.show_table(lifetime.sort_values("total_exec_time", ascending=False)
                        [["total_exec_time", "calls", "mean_ms", "rows", "user", "database",
-                         "query"]].head(10), "lifetime view (since the last stats reset)")
+                         "query"]].head(10), "lifetime view (since the last stats reset)",
+                       collapsed=True)
     if not shown.empty:
         top = shown.head(10).iloc[::-1]
+        ranks = range(len(top), 0, -1)  # the table's rows: two texts may shorten alike
         present.show_figure({"data": [{"type": "bar", "orientation": "h",
                                        "x": top["time_share"].tolist(),
-                                       "y": [short(q, 60) for q in top["query"]]}],
+                                       "y": [f"#{n} {short(q, 30)}"
+                                             for n, q in zip(ranks, top["query"], strict=True)],
+                                       "hovertext": [short(q, 200) for q in top["query"]]}],
                              "layout": {"title": {"text": "Share of database time, last "
                                                           f"{w.seconds:.0f} s"},
-                                        "margin": {"l": 420}, "xaxis": {"tickformat": ".0%"}}})
+                                        "yaxis": {"automargin": True},
+                                        "xaxis": {"tickformat": ".0%"}}})
 
 
 register(Check(

@@ -1,0 +1,159 @@
+"""The runbooks of one run, in parallel: each in a thread that drives its own kernel process,
+each stopped at its time limit (its kernel and what the kernel started are killed, so the thread
+sees a dead kernel within a second and the runbook is reported as could not run), all stopped
+by Ctrl-C or SIGTERM. A runbook that loads the source (a restore drill's backup reads every
+table) runs first, and those that sample the server start once it is past that step: its load
+is not reported as the application's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import registry
+from .findings import StepError, load
+
+T = TypeVar("T")
+
+
+class Control:
+    """What the runner decided about the runbooks running in its threads: the kernel each one
+    runs in (so a hung or interrupted one can be stopped) and why it was stopped."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kernels: dict[str, int] = {}  # runbook -> kernel pid (its own process group)
+        self.started: dict[str, float] = {}
+        self.reasons: dict[str, StepError] = {}
+
+    def begin(self, name: str) -> None:
+        with self.lock:
+            _THREAD_RUNBOOK.name = name
+            self.started[name] = time.monotonic()
+
+    def stop(self, name: str, why: StepError) -> None:
+        """Kill NAME's kernel and everything it started (pg_dump, psql): its thread's papermill
+        sees a dead kernel within a second and the runbook is reported as could not run."""
+        with self.lock:
+            self.reasons.setdefault(name, why)
+            pid = self.kernels.get(name)
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+class _ThreadRunbook(threading.local):
+    name = ""
+
+
+_THREAD_RUNBOOK = _ThreadRunbook()
+_CONTROL: Control | None = None  # the run in progress (one per process: see claimed())
+
+
+def kernel_started(pid: int) -> None:
+    control, name = _CONTROL, _THREAD_RUNBOOK.name
+    if control is not None and name:
+        with control.lock:
+            control.kernels[name] = pid
+        if name in control.reasons:  # stopped while its kernel was starting
+            control.stop(name, control.reasons[name])
+
+
+def limits(spec: registry.RunbookSpec, given: dict[str, Any], cell_s: int,
+           runbook_s: float) -> tuple[int, float]:
+    """The time limits of one runbook (a cell, the whole run): a drill's long phases have
+    their own, the spec's time_limit parameter in minutes."""
+    if not spec.time_limit:
+        return cell_s, runbook_s
+    minutes = float(given.get(spec.time_limit, registry.parameter(spec.time_limit).default))
+    return max(cell_s, int(minutes * 60) + 120), max(runbook_s, minutes * 60 + 300)
+
+
+INTERRUPTED = StepError("interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it "
+                        "finished: the findings above are what it found until then")
+
+
+def _passed(findings_path: Path, step: str) -> bool:
+    try:
+        return step in load(findings_path).get("steps_done", [])
+    except (OSError, ValueError):
+        return False
+
+
+def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, Any],
+        start: Callable[[str, Control], T], cell_s: int, runbook_s: float,
+        jobs: int) -> tuple[list[T], bool]:
+    """NAMES in JOBS threads (each runbook's work is in its own kernel process), each stopped
+    after its time limit; Ctrl-C or SIGTERM stops them all. A runbook that loads the source
+    (the drill's backup) starts first and the others once it is past that step. Returns the
+    outcomes in NAMES' order and whether the run was interrupted; every outcome's files are
+    written."""
+    global _CONTROL
+    control = Control()
+    _CONTROL = control
+    specs = {n: registry.runbook(n) for n in names}
+    deadline = {n: limits(specs[n], params, cell_s, runbook_s)[1] for n in names}
+    loaders = [n for n in names if specs[n].loads_source_until]
+    waiting = sorted((n for n in names if n not in loaders), key=lambda n: -deadline[n])
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="runbook")
+    futures: dict[str, Future[T]] = {}
+
+    def submit(batch: list[str]) -> None:
+        for n in batch:
+            futures[n] = pool.submit(start, n, control)
+
+    try:
+        submit(loaders)
+        while True:
+            try:  # a signal may arrive anywhere in here: the next turn stops everything
+                now = time.monotonic()
+                for n, f in futures.items():
+                    if f.done():
+                        continue
+                    begun = control.started.get(n)
+                    if interrupted:
+                        if not f.cancel():  # not started yet: cancelled; running: stopped
+                            control.stop(n, INTERRUPTED)
+                    elif begun is not None and now - begun > deadline[n]:
+                        control.stop(n, StepError(
+                            "timeout", f"stopped after {deadline[n]:.0f} s (the runbook time "
+                            "limit): the findings above are what it found until then"))
+                if waiting and not interrupted and all(
+                        futures[n].done() or _passed(out / f"{n}.findings.json",
+                                                     specs[n].loads_source_until)
+                        for n in loaders):
+                    submit(waiting)
+                    waiting = []
+                pending = [f for f in futures.values() if not f.done()]
+                if not pending and (not waiting or interrupted):
+                    break
+                wait(pending, timeout=0.3, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                interrupted = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _CONTROL = None
+    outcomes: list[T] = []
+    for n in names:  # one that never started is said too (could not run: interrupted)
+        if n not in futures or futures[n].cancelled():
+            control.reasons.setdefault(n, StepError(
+                "interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it started"))
+            outcomes.append(start(n, control))
+        else:
+            outcomes.append(futures[n].result())
+    for n in names:
+        if n in control.reasons and n in futures and not futures[n].cancelled():
+            specs[n].stopped(typed)
+    return outcomes, interrupted
+
+
