@@ -103,9 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from . import history
+    from . import trend
 
-    return history.main(Path(args.root), args.target_label, args.last, args.json)
+    return trend.main(Path(args.root), args.target_label, args.last, args.json)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import stat
 from collections.abc import Iterable, Iterator, Mapping
@@ -54,18 +53,11 @@ HISTORY = "history.jsonl"
 LOCK = ".history.lock"
 VERSION = 1
 
-# (column heading, metric name, unit) of the key figures `runbooks history` shows
-KEY_FIGURES = (("conn use", "connection_usage_ratio", "ratio"),
-               ("rollback", "rollback_rate", "ratio"),
-               ("backup age", "newest_backup_age_seconds", "seconds"))
-SHORT = {"connectivity": "conn", "latency": "lat", "transaction_failures": "txfail",
-         "restore_drill": "drill", "health_overview": "health"}
-WORD = {"ok": "ok", "info": "info", "warning": "warn", "critical": "CRIT", COULD_NOT_RUN: "FAIL"}
 
 
 # ---------------------------------------------------------------- building and appending
 
-def _number(value: Any) -> float | int | None:
+def number(value: Any) -> float | int | None:
     """A finite int or float (a bool is not a figure, NaN is not a value)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -92,7 +84,7 @@ def key_figures(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, float | i
     for book, data in reports.items():
         for f in _findings(data):
             m = f.get("metric")
-            value = _number(m.get("value")) if isinstance(m, Mapping) else None
+            value = number(m.get("value")) if isinstance(m, Mapping) else None
             if value is None or not isinstance(m, Mapping):
                 continue
             key = f"{book}/{f.get('check')}/{m.get('name')}"
@@ -111,7 +103,7 @@ def figures(reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
         for fig in listed if isinstance(listed, list) else []:
             if not isinstance(fig, Mapping) or not fig.get("name"):
                 continue
-            value = _number(fig.get("value"))
+            value = number(fig.get("value"))
             if value is None:
                 continue
             labels = fig.get("labels")
@@ -148,7 +140,7 @@ def _runbooks(summary: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any
         counts = _map(rb.get("findings"))
         out[str(rb["name"])] = {
             "status": str(rb.get("status", COULD_NOT_RUN)),
-            "duration_s": _number(rb.get("duration_s")),
+            "duration_s": number(rb.get("duration_s")),
             "counts": {s: n for s in reversed(SEVERITIES)
                        if isinstance(n := counts.get(s, 0), int) and not isinstance(n, bool)}}
     for book, data in reports.items():
@@ -158,7 +150,7 @@ def _runbooks(summary: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any
                 if f.get("severity") in counts_of:
                     counts_of[str(f["severity"])] += 1
             out[book] = {"status": str(data.get("status", COULD_NOT_RUN)),
-                         "duration_s": _number(data.get("duration_s")), "counts": counts_of}
+                         "duration_s": number(data.get("duration_s")), "counts": counts_of}
     return out
 
 
@@ -346,7 +338,7 @@ def diff(prev: Mapping[str, Any] | None, cur: Mapping[str, Any]) -> Diff:
 
 # ---------------------------------------------------------------- pruning
 
-def _when(text: Any) -> dt.datetime | None:
+def when(text: Any) -> dt.datetime | None:
     try:
         t = dt.datetime.fromisoformat(str(text))
     except ValueError:
@@ -412,7 +404,7 @@ def prune(root: Path, keep_days: float, now: dt.datetime | None = None) -> list[
     with _locked(root):
         parsed = [(line, _parse(line)) for line in _lines(root) if line.strip()]
         old = {i for i, (_, rec) in enumerate(parsed) if rec is not None
-               and (t := _when(rec["started_at"])) is not None and t < cutoff}
+               and (t := when(rec["started_at"])) is not None and t < cutoff}
         kept_dirs = [p for i, (_, rec) in enumerate(parsed) if rec is not None and i not in old
                      and (p := _real(_run_path(root, rec))) is not None]
         dropped: set[int] = set()
@@ -436,124 +428,3 @@ def prune(root: Path, keep_days: float, now: dt.datetime | None = None) -> list[
             keep = [line for i, (line, rec) in enumerate(parsed) if rec is not None and i not in dropped]
             write_text(root / HISTORY, "".join(line + "\n" for line in keep))
     return removed
-
-
-# ---------------------------------------------------------------- showing
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _clip(text: Any, width: int = 100) -> str:
-    """One printable line: titles hold application names and query texts from the database,
-    and an escape sequence must not reach the terminal."""
-    one = _CONTROL.sub(" ", str(text))
-    return one if len(one) <= width else one[: width - 3] + "..."
-
-
-def _clock(iso_time: Any) -> str:
-    t = _when(iso_time)
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if t else _clip(iso_time, 16)
-
-
-def _figure(rec: Mapping[str, Any], name: str, unit: str) -> str:
-    """The worst value of metric NAME among the run's runbooks and checks, shown for a person."""
-    values = [v for k, v in (rec.get("metrics") or {}).items()
-              if str(k).rsplit("/", 1)[-1] == name and _number(v) is not None]
-    if not values:
-        return "-"
-    v = max(values)
-    if unit == "ratio":
-        return f"{v * 100:.0f}%" if v >= 0.1 else f"{v * 100:.1f}%"
-    if v < 120:
-        return f"{v:.0f} s"
-    if v < 7200:
-        return f"{v / 60:.0f} min"
-    return f"{v / 3600:.1f} h" if v < 172800 else f"{v / 86400:.1f} d"
-
-
-def changes(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Diff]]:
-    """Each record with its diff against the run before it of the same target."""
-    last: dict[str, dict[str, Any]] = {}
-    out = []
-    for rec in records:
-        label = str(rec.get("target_label", ""))
-        out.append((rec, diff(last.get(label), rec)))
-        last[label] = rec
-    return out
-
-
-def _rows(heads: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in [heads, *rows]]
-
-
-def _listing(head: str, entries: list[dict[str, Any]], limit: int | None = None) -> list[str]:
-    if not entries:
-        return []
-    shown = entries if limit is None else entries[:limit]
-    lines = [f"  {head} ({len(entries)}):"]
-    lines += [f"    {WORD.get(str(f.get('severity')), '?'):4}  {_clip(f.get('runbook'), 22):22}  "
-              f"{_clip(f.get('title'))}" for f in shown]
-    if len(entries) > len(shown):
-        lines.append(f"    ... and {len(entries) - len(shown)} more (runbooks history --json)")
-    return lines
-
-
-def table(records: list[dict[str, Any]], last: int = 10) -> str:
-    """What `runbooks history` prints: the last LAST runs, one line each (oldest first), then
-    what changed in the newest run of each target against the run before it. LAST <= 0: all."""
-    pairs = changes(records)[-last:] if last > 0 else changes(records)
-    if not pairs:
-        return "no runs recorded"
-    books = list(dict.fromkeys(b for rec, _ in pairs for b in rec["runbooks"]))
-    heads = ["when (UTC)", "target", "status", *[SHORT.get(b, b[:8]) for b in books],
-             *[h for h, _, _ in KEY_FIGURES], "since previous"]
-    rows = [[_clock(rec["started_at"]), _clip(rec.get("target_label") or "-", 24),
-             _clip(rec.get("status"), 16),
-             *[WORD.get(str(rec["runbooks"].get(b, {}).get("status")), "-") for b in books],
-             *[_figure(rec, name, unit) for _, name, unit in KEY_FIGURES], d.headline()]
-            for rec, d in pairs]
-    lines = _rows(heads, rows)
-    lines.append("warn = warning, CRIT = critical, FAIL = could not run, - = not run")
-    newest: dict[str, tuple[dict[str, Any], Diff]] = {}
-    for rec, d in pairs:
-        newest[str(rec.get("target_label", ""))] = (rec, d)
-    for rec, d in newest.values():
-        lines += ["", f"{_clip(rec.get('target_label') or '-', 40)}, run of "
-                      f"{_clock(rec['started_at'])} ({_clip(rec.get('run_dir') or '?', 80)}): "
-                      f"{d.headline()}"]
-        lines += (_listing("open (first run recorded)", d.new, limit=15) if d.first_run
-                  else _listing("new", d.new))
-        lines += _listing("worse", d.worse)
-        lines += _listing("gone", d.gone)
-        lines += _listing("still open", d.still, limit=15)
-        lines += _listing("not compared (runbook not run in both)", d.unknown, limit=5)
-        if not (d.new or d.gone or d.still or d.unknown):
-            lines.append("  no warning or critical finding")
-    return "\n".join(lines)
-
-
-def main(root: Path, target: str | None, last: int, as_json: bool) -> int:
-    """`runbooks history`: print the table (or JSON) of the runs under ROOT. Returns 0, also
-    when nothing is recorded yet (a fresh install is not a failure: the run's own exit status
-    is what a scheduler watches), and 1 only when history.jsonl exists but cannot be read."""
-    try:
-        recs = runs(root, target)
-    except OSError as exc:
-        print(f"cannot read {root / HISTORY}: {exc.strerror or exc}")
-        return 1
-    if as_json:
-        pairs = changes(recs)[-last:] if last > 0 else changes(recs)
-        newest = {str(r.get("target_label", "")): (r, d) for r, d in pairs}
-        print(json.dumps({"root": str(root), "runs": [r for r, _ in pairs],
-                          "changes": [{"target_label": label, "started_at": r["started_at"],
-                                       "run_dir": r.get("run_dir"), **d.to_dict()}
-                                      for label, (r, d) in newest.items()]}, indent=2))
-    elif not recs:
-        print(f"no runs recorded under {root}"
-              + (f" for target {target}" if target is not None else "")
-              + ": runbooks run writes them")
-    else:
-        print(table(recs, last))
-    return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history, stories
+from . import history, stories, trend
 from .findings import COULD_NOT_RUN, run_reports
 
 AREAS = (("connections", "connectivity"), ("latency", "latency"),
@@ -158,7 +158,7 @@ class Overview:
     def trend_html(self, last: int = 10) -> str:
         if len(self.past) < 2:
             return ""
-        return "<pre>" + e(history.table(self.past, last=last)) + "</pre>"
+        return "<pre>" + e(trend.table(self.past, last=last)) + "</pre>"
 
     def links_html(self) -> str:
         rows = []

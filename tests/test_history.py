@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from runbooks_lib import history
+from runbooks_lib import history, trend
 from runbooks_lib.stories import identity
 
 DATA = Path(__file__).parent / "data" / "history_run"
@@ -179,7 +179,7 @@ def test_malformed_lines_are_skipped(tmp_path: Path) -> None:
                                               "2026-11-28T00:00:00Z"]
     assert got[0] == r1 and got[2] == r2  # the torn line did not swallow the next record
     assert (got[1]["findings"], got[1]["runbooks"]) == ([], {})
-    assert "+0 new / -0 gone / 23 not compared" in history.table(got)
+    assert "+0 new / -0 gone / 23 not compared" in trend.table(got)
     assert history.runs(tmp_path / "nothing-here") == []
 
 
@@ -202,7 +202,7 @@ def test_two_targets_are_kept_apart(tmp_path: Path) -> None:
     assert [r["run_dir"] for r in history.runs(tmp_path, "billing")] == ["b1", "b2"]
     assert history.previous(tmp_path, "billing", b2["started_at"]) == b1
     assert history.previous(tmp_path, "cosnap", b2["started_at"]) == a2
-    pairs = history.changes(history.runs(tmp_path))
+    pairs = trend.changes(history.runs(tmp_path))
     assert [d.headline() for _, d in pairs] == ["first run", "first run", "+0 new / -0 gone",
                                                 "+0 new / -0 gone"]
 
@@ -251,7 +251,7 @@ def test_prune_deletes_only_recorded_run_dirs_inside_root(tmp_path: Path) -> Non
 
 def history_of_three(tmp_path: Path) -> str:
     three_runs(tmp_path)
-    return history.table(history.runs(tmp_path))
+    return trend.table(history.runs(tmp_path))
 
 
 def test_table_shows_statuses_figures_and_changes(tmp_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_table_shows_statuses_figures_and_changes(tmp_path: Path) -> None:
 
 def test_table_lists_new_and_gone_titles_of_the_newest_run(tmp_path: Path) -> None:
     recs = three_runs(tmp_path)
-    text = history.table(recs[:2])
+    text = trend.table(recs[:2])
     assert "new (1):\n    CRIT  transaction_failures    Rollback rate 7.2%" in text
     assert "gone (1):\n    warn  latency                 Duplicate index public.posts_user_id_idx" in text
 
@@ -279,22 +279,22 @@ def test_table_strips_terminal_escapes(tmp_path: Path) -> None:
     summary, reports = base()
     finding(reports, "latency", "load")["title"] = "app \x1b]0;owned\x07 name"
     save(tmp_path, "a", "2026-11-28T00:00:00Z", summary, reports)
-    text = history.table(history.runs(tmp_path))
+    text = trend.table(history.runs(tmp_path))
     assert "\x1b" not in text and "\x07" not in text and "app  ]0;owned  name" in text
 
 
 def test_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert history.main(tmp_path, None, 10, False) == 0
+    assert trend.main(tmp_path, None, 10, False) == 0
     assert capsys.readouterr().out == f"no runs recorded under {tmp_path}: runbooks run writes them\n"
     three_runs(tmp_path)
-    assert history.main(tmp_path, "cosnap", 2, False) == 0
+    assert trend.main(tmp_path, "cosnap", 2, False) == 0
     out = capsys.readouterr().out
     assert "2026-11-26" not in out.split("\n\n")[0] and "+1 new / -1 gone" in out
-    assert history.main(tmp_path, "cosnap", 10, True) == 0
+    assert trend.main(tmp_path, "cosnap", 10, True) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["runs"]) == 3 and data["changes"][0]["new"] == []
     assert len(data["changes"][0]["still"]) == 23
-    assert history.main(tmp_path, "other", 10, False) == 0
+    assert trend.main(tmp_path, "other", 10, False) == 0
     assert "for target other" in capsys.readouterr().out
 
 
