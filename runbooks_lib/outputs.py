@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import alerts, history, metrics, page
+from . import alerts, history, metrics, overview, page
 from .findings import load, run_reports, write_json, write_text
 from .target import mask_text
 
@@ -95,8 +95,9 @@ def run_overview(out: Path, secrets: list[str], timeout_s: int) -> None:
     nb = report.sanitize_notebook(nb_out, secrets)
     summary = load(out / "summary.json")
     title = f"health overview: {summary.get('status', '')}"
-    write_text(out / f"{OVERVIEW}.html",
-               page.document(title, nb, lambda _: "", page.write_assets(out)))
+    top = overview.load(out).header_html()  # the run's status before anything else
+    write_text(out / f"{OVERVIEW}.html", page.document(
+        title, nb, lambda _: f'<div class="rb-summary">{top}</div>', page.write_assets(out)))
 
 
 def index_html(out: Path, summary: dict[str, Any]) -> str:
