@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import registry, report
+from . import outputs, registry, report
 from .errors import RunbookError
 from .params import EXIT_USAGE, UsageError
 
@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--alert-webhook: give an http:// or https:// URL")
     if args.pushgateway and not args.pushgateway.startswith(("http://", "https://")):
         raise UsageError("--pushgateway: give an http:// or https:// URL")
-    opts = report.Options(jobs=args.jobs, cell_timeout_s=args.timeout,
+    opts = outputs.Options(jobs=args.jobs, cell_timeout_s=args.timeout,
                           runbook_timeout_s=args.runbook_timeout,
                           metrics_file=Path(args.metrics_file).resolve() if args.metrics_file
                           else None,

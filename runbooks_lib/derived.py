@@ -82,7 +82,7 @@ def sync_readme(path: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    from .report import available
+    from .notebooks import available
 
     for name, path in available().items():
         if name in registry.runbooks():

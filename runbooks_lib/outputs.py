@@ -10,19 +10,33 @@ fails is said in ``summary.json`` and on the terminal; it never fails the run or
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import alerts, history, metrics, overview, page
+from . import alerts, history, metrics, notebooks, overview, page
 from .findings import load, run_reports, write_json, write_text
 from .target import mask_text
 
-if TYPE_CHECKING:
-    from .report import Options
-
 log = logging.getLogger("runbooks_lib")
 OVERVIEW = "health_overview"
+
+
+@dataclass
+class Options:
+    """What a run does beyond the runbooks' own files (the scheduler's half)."""
+
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
+    cell_timeout_s: int = 600  # one notebook cell
+    runbook_timeout_s: float = 900  # one runbook, whole (a drill's own limit may be longer)
+    metrics_file: Path | None = None  # a stable path for node_exporter's textfile collector
+    pushgateway: str = ""
+    alert_webhook: str = ""
+    alert_least: str = "warning"  # the run status that sends the webhook
+    keep_days: float = 30  # history and run directories kept under the reports root
+    overview: bool | None = None  # None: when more than one runbook ran
 
 
 def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str],
@@ -82,17 +96,10 @@ def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str]
 
 def run_overview(out: Path, secrets: list[str], timeout_s: int) -> None:
     """notebooks/health_overview.ipynb executed on this run, exported like a report."""
-    import papermill
-
-    from . import report
-
-    nb_path = report.notebook_dir() / f"{OVERVIEW}.ipynb"
     nb_out = out / f"{OVERVIEW}.ipynb"
-    papermill.execute_notebook(str(nb_path), str(nb_out), parameters={"run_dir": str(out)},
-                               kernel_name="python3", progress_bar=False, log_output=False,
-                               execution_timeout=timeout_s, cwd=str(out),
-                               kernel_manager_class=report.kernel_manager_class())
-    nb = report.sanitize_notebook(nb_out, secrets)
+    notebooks.execute(notebooks.notebook_dir() / f"{OVERVIEW}.ipynb", nb_out,
+                      {"run_dir": str(out)}, timeout_s)
+    nb = notebooks.sanitize(nb_out, secrets)
     summary = load(out / "summary.json")
     title = f"health overview: {summary.get('status', '')}"
     top = overview.load(out).header_html()  # the run's status before anything else

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import page, parallel, registry
+from . import notebooks, outputs, page, parallel, registry
 from .findings import (
     COULD_NOT_RUN,
     Report,
@@ -39,43 +39,6 @@ log = logging.getLogger("runbooks_lib")
 SECRET_PARAMS = ("target", "admin_target", "restore_target")
 # parameters naming files or directories (log_source: a path or glob, or auto)
 PATH_PARAMS = ("log_source", "audit_log", "backup_dir", "encryption_key_file", "bindir")
-
-
-def notebook_dir() -> Path:
-    env = os.environ.get("RUNBOOKS_NOTEBOOK_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "notebooks"
-
-
-def available() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(notebook_dir().glob("*.ipynb"))}
-
-
-def kernel_manager_class() -> type:
-    """Kernels over IPC (Unix sockets in a private directory): no "running over TCP without
-    encryption" warning per run, and no port collisions between kernels started at once."""
-    import subprocess
-    import tempfile
-
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum, default
-
-    class IPCKernelManager(AsyncKernelManager):
-        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
-
-        @default("ip")
-        def _ip_default(self) -> str:
-            return str(Path(tempfile.mkdtemp(prefix="runbooks-kernel-")) / "k")
-
-        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
-            # the kernel's own stderr is no result: cell errors come back through the protocol,
-            # and libzmq or the kernel's logger print tracebacks while it is torn down
-            kw["stderr"] = kw["stdout"] = subprocess.DEVNULL  # its output is in the protocol
-            await AsyncKernelManager._async_launch_kernel(self, kernel_cmd, **kw)
-            process = getattr(self.provisioner, "process", None)
-            if process is not None:
-                parallel.kernel_started(process.pid)
-
-    return IPCKernelManager
 
 
 @contextmanager
@@ -165,8 +128,6 @@ def _failed_step(exc: BaseException, nb_path: Path, secrets: list[str]) -> StepE
 def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: list[str],
             timeout_s: int, target_shown: str, control: parallel.Control | None = None
             ) -> Outcome:
-    import papermill
-
     started = time.monotonic()
     if control is not None:
         control.begin(name)
@@ -182,10 +143,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     try:
         if control is not None and name in control.reasons:
             raise RuntimeError("stopped before it started")  # its files are still written
-        papermill.execute_notebook(str(path), str(nb_out), parameters=given, kernel_name="python3",
-                                   progress_bar=False, log_output=False,
-                                   execution_timeout=timeout_s, cwd=str(out),
-                                   kernel_manager_class=kernel_manager_class())
+        notebooks.execute(path, nb_out, given, timeout_s)
     except Exception as exc:  # noqa: BLE001 - papermill raises many kinds; all end in the report
         failure = _failed_step(exc, nb_out, secrets)
         log.debug("runbook %s failed", name, exc_info=True)
@@ -204,7 +162,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     data["status"] = status_of([f["severity"] for f in data["findings"]], len(data["errors"]))
     write_json(findings_path, data)
     try:
-        nb = sanitize_notebook(nb_out, secrets) if nb_out.exists() else {"cells": []}
+        nb = notebooks.sanitize(nb_out, secrets) if nb_out.exists() else {"cells": []}
         write_text(html_out, page.render(nb, data, page.write_assets(out)))
     except Exception as exc:  # noqa: BLE001 - the JSON must still say what happened
         data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
@@ -224,32 +182,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, summary: dict[str, Any]) -> None:
         super().__init__("interrupted")
         self.summary = summary
-
-
-def sanitize_notebook(nb_path: Path, secrets: list[str]) -> Any:
-    """No traceback and no secret in the executed notebook: an error output becomes one masked
-    line (the step and the error), and every text output is masked."""
-    import nbformat
-
-    nb = nbformat.read(nb_path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        clean = []
-        for o in cell.get("outputs", []):
-            if o.output_type == "error":
-                o = nbformat.v4.new_output("stream", name="stderr",
-                                           text=f"step failed: {o.ename}: {o.evalue}\n")
-            if o.output_type == "stream":
-                o.text = mask_text(o.text, *secrets)
-            elif "data" in o:
-                for mime in ("text/plain", "text/html", "text/markdown"):
-                    if isinstance(o.data.get(mime), str):
-                        o.data[mime] = mask_text(o.data[mime], *secrets)
-            clean.append(o)
-        cell.outputs = clean
-    nbformat.write(nb, nb_path)
-    return nb
 
 
 def _password(spec: str) -> str:
@@ -284,7 +216,7 @@ def check_names(names: list[str]) -> None:
     """Every name a runbook with a notebook; else a usage error naming the valid ones."""
     import difflib
 
-    books = available()
+    books = notebooks.available()
     for n in names:
         if n not in books or n not in registry.runbooks():
             close = difflib.get_close_matches(n, books, n=1)
@@ -316,30 +248,13 @@ def claimed(out: Path) -> Iterator[Path]:
         fh.close()
 
 
-@dataclass
-class Options:
-    """What a run does beyond the runbooks' own files (the scheduler's half)."""
-
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
-    cell_timeout_s: int = 600  # one notebook cell
-    runbook_timeout_s: float = 900  # one runbook, whole (a drill's own limit may be longer)
-    metrics_file: Path | None = None  # a stable path for node_exporter's textfile collector
-    pushgateway: str = ""
-    alert_webhook: str = ""
-    alert_least: str = "warning"  # the run status that sends the webhook
-    keep_days: float = 30  # history and run directories kept under the reports root
-    overview: bool | None = None  # None: when more than one runbook ran
-
-
 def run(names: list[str], target: str, out: Path | None = None,
-        params: dict[str, str] | None = None, options: Options | None = None,
+        params: dict[str, str] | None = None, options: outputs.Options | None = None,
         ) -> tuple[int, dict[str, Any]]:
     """Run runbooks NAMES against TARGET in parallel; write every output; return (exit
     status, summary). Names and parameters are checked before any kernel starts (UsageError:
     nothing ran). Interrupted (after every output is written) on Ctrl-C or SIGTERM."""
-    from . import outputs
-
-    opts = options or Options()
+    opts = options or outputs.Options()
     check_names(names)
     typed: dict[str, Any] = dict(validate(names, params or {}))
     typed["target"] = typed.get("target", target)
@@ -352,7 +267,7 @@ def run(names: list[str], target: str, out: Path | None = None,
         shown, label = _shown(str(typed["target"])), _label(str(typed["target"]))
         started = dt.datetime.now(dt.UTC)
         with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
-            books = available()
+            books = notebooks.available()
 
             def start(name: str, control: parallel.Control) -> Outcome:
                 return run_one(name, books[name], out, safe, secrets, opts.cell_timeout_s,
