@@ -153,6 +153,7 @@ class Report:
     errors: list[StepError] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     steps_done: list[str] = field(default_factory=list)  # the runner watches them
+    window: dict[str, Any] = field(default_factory=dict)  # what the judgement covers in time
 
     @property
     def status(self) -> str:
@@ -175,6 +176,7 @@ class Report:
             "errors": [asdict(e) for e in self.errors],
             "figures": [jsonable(asdict(f)) for f in self.figures],
             "steps_done": list(self.steps_done),
+            "window": jsonable(self.window),
         }
 
     def write(self) -> None:

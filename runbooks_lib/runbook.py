@@ -63,6 +63,9 @@ class _Attempt:
         return self
 
 
+WINDOW_PARAMS = ("sample_seconds", "since")  # shown at the top of the report
+
+
 class Runbook:
     """State of one runbook run: the target, the diagnostic session, the probes' snapshots
     (each fetched once) and the findings, written to the findings JSON after every change."""
@@ -128,6 +131,7 @@ class Runbook:
             rb.params = P.from_namespace(registry.parameters(rb.spec), namespace)
         except P.UsageError as exc:
             rb.error("parameters", str(exc))
+        rb.report.window = {k: rb.params[k] for k in WINDOW_PARAMS if k in rb.params}
         return rb
 
     spec: RunbookSpec | None = None

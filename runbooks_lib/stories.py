@@ -71,9 +71,21 @@ def subjects(finding: Mapping[str, Any]) -> set[str]:
 
 def identity(runbook: str, finding: Mapping[str, Any]) -> str:
     """A finding's name that stays the same from one run to the next (its figures change):
-    the check and its subjects, else the title with its numbers blanked."""
-    subj = sorted(subjects(finding))
-    what = ",".join(subj) if subj else re.sub(r"\d[\d.,:]*", "#", str(finding.get("title", "")))
+    the check and its subjects; a backend is named by its application (its pid changes every
+    night); else the title up to its first colon or parenthesis, numbers blanked.
+
+    >>> identity("latency", {"check": "load", "title": "Average active sessions 2.8 (Lock 70%)"})
+    'latency/load/Average active sessions #'
+    """
+    subj = sorted(s for s in subjects(finding) if not s.startswith("pid:"))
+    rows = [r for r in finding.get("evidence") or [] if isinstance(r, Mapping)]
+    if len(subj) < len(subjects(finding)) and rows and rows[0].get("application"):
+        subj.append(f"app:{rows[0]['application']}")
+    if subj:
+        what = ",".join(subj)
+    else:
+        head = re.split(r":| \(", str(finding.get("title", "")), maxsplit=1)[0]
+        what = re.sub(r"\d[\d.,]*", "#", head).strip()
     return f"{runbook}/{finding.get('check')}/{what}"
 
 

@@ -119,7 +119,7 @@ def test_target_masked_and_outside_run_dir_absolute(tmp_path: Path) -> None:
 def test_new_gone_still_across_three_runs(tmp_path: Path) -> None:
     r1, r2, r3 = three_runs(tmp_path)
     _, reports = base()
-    rollback = "transaction_failures/rollback_rate/Rollback rate #% in the last # s (# of # transactions)"
+    rollback = "transaction_failures/rollback_rate/Rollback rate #% in the last # s"
     dup = identity("latency", finding(reports, "latency", "duplicate_index"))
     conn = identity("connectivity", finding(reports, "connectivity", "connection_usage"))
 

@@ -32,6 +32,8 @@ def samples(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
 
 
 class Hook(BaseHTTPRequestHandler):
+    """A Slack-compatible webhook (POST) and a Pushgateway (PUT) on one port."""
+
     received: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
@@ -40,6 +42,12 @@ class Hook(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b"ok")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).received.append({"pushed": self.path, "body": body.decode()})
+        self.send_response(200)
+        self.end_headers()
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -156,15 +164,22 @@ def test_quiet_prints_nothing_on_a_healthy_run(quiet: Sandbox, tmp_path: Path) -
 def test_a_blocker_seen_by_two_runbooks_is_one_alert_and_one_terminal_line(
         quiet: Sandbox, tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]) -> None:
     url, received = webhook
+    gateway = url.split("/services/")[0]
     with incidents.lock_chain(quiet.url("app"), "cosnap-backend"):
         proc = run_cli("run", "latency", "transaction_failures", "--quiet", "--out",
                        str(tmp_path), "--alert-webhook", url, "-p", "sample_seconds=2",
-                       "-p", "blocking_warning_s=0.5",
+                       "-p", "blocking_warning_s=0.5", "--pushgateway", gateway,
                        env={"DATABASE_URL": quiet.url("postgres")})
     assert proc.returncode >= 1, proc.stdout + proc.stderr
     assert proc.stdout.count("blocks 2 session") == 1, proc.stdout  # --quiet: still printed
-    assert len(received) == 1, received
-    text = json.dumps(received[0])
+    (pushed,) = [r for r in received if "pushed" in r]
+    assert pushed["pushed"].startswith("/metrics/job/pg_runbooks/target")
+    assert ("pg_runbooks_status_code", (("runbook", "latency"),
+                                        ("target", f"127.0.0.1:{quiet.port}/cosnap"))) in \
+        [(n, labels) for n, labels, _ in samples(pushed["body"])]
+    alerts = [r for r in received if "pushed" not in r]
+    assert len(alerts) == 1, alerts
+    text = json.dumps(alerts[0])
     assert text.count("blocks 2 session") == 1, text
     assert "SECRET" not in proc.stdout + proc.stderr
     assert quiet.passwords["postgres"] not in text

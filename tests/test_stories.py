@@ -57,3 +57,15 @@ def test_identity_ignores_numbers_but_not_subjects() -> None:
     d = {"check": "errors_timeout", "title": "3 timeout error(s) since 22:45 UTC"}
     e = {"check": "errors_timeout", "title": "7 timeout error(s) since 23:45 UTC"}
     assert stories.identity("transaction_failures", d) == stories.identity("transaction_failures", e)
+
+
+def test_a_blocker_is_named_by_its_application_not_its_pid() -> None:
+    """pids change every night: a blocker of the same application is the same finding."""
+    a = {"check": "blocking", "title": "pid 14848 (cosnap-backend, idle in transaction) blocks 2",
+         "evidence": [{"pid": 14848, "application": "cosnap-backend"}, {"pid": 14849}]}
+    b = {"check": "blocking", "title": "pid 29268 (cosnap-backend, idle in transaction) blocks 3",
+         "evidence": [{"pid": 29268, "application": "cosnap-backend"}]}
+    c = {**b, "evidence": [{"pid": 29268, "application": "billing"}]}
+    assert stories.identity("latency", a) == stories.identity("latency", b)
+    assert stories.identity("latency", a) == "latency/blocking/app:cosnap-backend"
+    assert stories.identity("latency", b) != stories.identity("latency", c)
