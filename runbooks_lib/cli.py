@@ -1,4 +1,5 @@
-"""The `runbooks` command (also `python -m runbooks_lib`): list, run, sandbox, demo."""
+"""The `runbooks` command (also `python -m runbooks_lib`): list, run, history, sandbox, demo,
+backup-key."""
 
 from __future__ import annotations
 
@@ -65,10 +66,15 @@ def console(summary: dict[str, Any], quiet: bool) -> None:
     if len(summary["runbooks"]) == 1:
         print(f"report: {out_dir / summary['runbooks'][0]['files']['html']}")
     else:
+        if summary.get("overview"):
+            print(f"overview: {out_dir / summary['overview']}")
         print(f"report: {out_dir / 'index.html'}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.all and args.names:
+        raise UsageError(f"give runbook names or --all, not both (got --all and "
+                         f"{' '.join(args.names)})")
     names = list(registry.runbooks()) if args.all else args.names
     if not names:
         raise UsageError("name one or more runbooks, or --all (see `runbooks list`)")
@@ -78,12 +84,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                         ("--jobs", args.jobs)):
         if value <= 0:
             raise UsageError(f"{flag} {value}: give a number above 0")
-    if args.metrics_file and Path(args.metrics_file).is_dir():
-        raise UsageError(f"--metrics-file {args.metrics_file} is a directory: give a file path "
-                         "such as /var/lib/node_exporter/textfile/pg_runbooks.prom")
+    if args.keep_days < 0:
+        raise UsageError(f"--keep-days {args.keep_days}: give a number of days, 0 to keep all")
+    if args.metrics_file:
+        metrics_file = Path(args.metrics_file)
+        if metrics_file.is_dir():
+            raise UsageError(f"--metrics-file {metrics_file} is a directory: give a file path "
+                             "such as /var/lib/node_exporter/textfile/pg_runbooks.prom")
+        if not metrics_file.parent.resolve().is_dir() or \
+                not os.access(metrics_file.parent.resolve(), os.W_OK):
+            raise UsageError(f"--metrics-file {metrics_file}: {metrics_file.parent} is not a "
+                             "directory this user may write (node_exporter's textfile "
+                             "directory must exist already)")
     webhook = args.alert_webhook or os.environ.get("ALERT_WEBHOOK_URL", "")
     if webhook and not webhook.startswith(("http://", "https://")):
-        raise UsageError("--alert-webhook: give an http:// or https:// URL")
+        given = "--alert-webhook" if args.alert_webhook else "ALERT_WEBHOOK_URL"
+        raise UsageError(f"{given}: give an http:// or https:// URL")
     if args.pushgateway and not args.pushgateway.startswith(("http://", "https://")):
         raise UsageError("--pushgateway: give an http:// or https:// URL")
     opts = outputs.Options(jobs=args.jobs, cell_timeout_s=args.timeout,
@@ -250,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG)
     else:  # a cell abandoned by an interrupt dies with its kernel: asyncio would print its
-        # DeadKernelError as a traceback whenever the task is collected
-        logging.getLogger("asyncio").disabled = True
+        # DeadKernelError as a traceback whenever the task is collected, and nbclient (through
+        # traitlets' logger) "Kernel died" for a runbook stopped at its limit: the report says it
+        for name in ("asyncio", "traitlets"):
+            logging.getLogger(name).disabled = True
     try:
         code: int = args.fn(args)
     except UsageError as exc:

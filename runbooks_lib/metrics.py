@@ -48,11 +48,13 @@ FAMILIES: dict[str, tuple[Kind, str, tuple[str, ...]]] = {
         "counter", "Transactions committed (status=success) or rolled back (status=rollback): the "
         "server's cumulative pg_stat_database counters.", ("target", "status")),
     "database_errors_total": (
-        "counter", "Errors in the server log by class, counted over the window the runbook scanned "
-        "(its since parameter), not since the server started.", ("target", "class")),
+        "counter", "Errors in the server log by class, counted over the window each run scanned (its "
+        "since parameter) and added up run after run in a stable --metrics-file.",
+        ("target", "class")),
     "database_alerts_total": (
-        "counter", "Warning and critical alerts of the last run, by severity (findings about the same "
-        "subject count once, across runbooks).", ("target", "severity")),
+        "counter", "Warning and critical alerts by severity (findings about the same subject count "
+        "once, across runbooks), added up run after run in a stable --metrics-file.",
+        ("target", "severity")),
     "pg_runbooks_run_status_code": (
         "gauge", "Exit status of the whole run (0 ok or info, 1 warning, 2 critical, 3 could not run).",
         ("target",)),
@@ -72,6 +74,7 @@ FAMILIES: dict[str, tuple[Kind, str, tuple[str, ...]]] = {
         "gauge", "When the runbook last ran to the end, whatever it found (Unix time); kept from the "
         "previous file while it cannot run.", ("target", "runbook")),
 }
+ACCUMULATED = ("database_errors_total", "database_alerts_total")  # counted per run, added up
 # figure name -> (family, the one label it carries besides target, allowed values or None: a token)
 FIGURES: dict[str, tuple[str, str | None, frozenset[str] | None]] = {
     "connections_active": ("database_connections_active", None, None),
@@ -199,22 +202,43 @@ def _status_code(entry: Mapping[str, Any]) -> int:
     return exit_code(str(entry.get("status", COULD_NOT_RUN)))
 
 
-def _previous_success(path: Path | None) -> dict[tuple[str, str], float]:
-    """(target, runbook) -> last success time from an earlier metrics file; {} when it is missing
-    or not a metrics file."""
+def _previous(path: Path | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value in an earlier metrics file; {} when it is missing or
+    not a metrics file."""
     if path is None:
         return {}
-    out: dict[tuple[str, str], float] = {}
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     try:
         for fam in text_string_to_metric_families(path.read_text(encoding="utf-8")):
             for s in fam.samples:
                 value = _number(s.value)
-                if s.name == LAST_SUCCESS and value and value > 0 \
-                        and {"target", "runbook"} <= s.labels.keys():
-                    out[(s.labels["target"], s.labels["runbook"])] = value
+                if value is not None:
+                    out[(s.name, tuple(sorted(s.labels.items())))] = value
     except Exception:  # noqa: BLE001 - missing, unreadable or garbage: nothing to carry over
         return {}
     return out
+
+
+def _previous_success(before: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+                      ) -> dict[tuple[str, str], float]:
+    """(target, runbook) -> last success time carried in the earlier file."""
+    out: dict[tuple[str, str], float] = {}
+    for (name, labels), value in before.items():
+        found = dict(labels)
+        if name == LAST_SUCCESS and value > 0 and {"target", "runbook"} <= found.keys():
+            out[(found["target"], found["runbook"])] = value
+    return out
+
+
+def _accumulate(fams: dict[str, _Family],
+                before: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> None:
+    """The per-run counts made counters: this run's added to the earlier file's total, so that
+    rate() and increase() over a stable --metrics-file are right."""
+    for family in ACCUMULATED:
+        fam = fams[family]
+        for values in list(fam.samples):
+            labels = tuple(sorted(zip(fam.labels, values, strict=True)))
+            fam.samples[values] += before.get((family, labels), 0.0)
 
 
 def _latest(runs: Iterable[Run]) -> list[Run]:
@@ -280,7 +304,8 @@ def build(runs: list[Run], previous: Path | None = None) -> CollectorRegistry:
     fams = {name: _Family(kind, text, labels) for name, (kind, text, labels) in FAMILIES.items()}
     checks: dict[str, _Family] = {}
     thresholds: dict[str, _Family] = {}
-    before = _previous_success(previous)
+    earlier = _previous(previous)
+    before = _previous_success(earlier)
     for run in _latest(runs):
         entries = _entries(run.summary)
         names = [e["name"] for e in entries]
@@ -320,6 +345,7 @@ def build(runs: list[Run], previous: Path | None = None) -> CollectorRegistry:
             elif at in before:
                 fams[LAST_SUCCESS].set(at, before[at])
             _checks(checks, thresholds, run, name)
+    _accumulate(fams, earlier)
     ordered = dict(fams)
     for name, fam in checks.items():
         ordered[name] = fam

@@ -80,15 +80,14 @@ def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str]
     if opts.pushgateway:
         error = metrics.push(registry, opts.pushgateway, summary["target_label"])
         if error:
-            problems.append(f"pushgateway: {error}")
+            problems.append(error)
 
     if opts.alert_webhook and alerts.due(summary["status"], opts.alert_least):
         payload = alerts.message(summary, entries, str(out / "index.html"))
         sent = alerts.deliver(opts.alert_webhook, payload)
         summary["alert_sent"] = sent.ok
         if not sent.ok:
-            problems.append(f"alert webhook not delivered after {sent.attempts} attempt(s): "
-                            f"{sent.error}")
+            problems.append(f"alert webhook not delivered: {sent.error}")
 
     write_text(out / "index.html", index_html(out, summary))
     write_json(out / "summary.json", summary)
@@ -103,8 +102,10 @@ def run_overview(out: Path, secrets: list[str], timeout_s: int) -> None:
     summary = load(out / "summary.json")
     title = f"health overview: {summary.get('status', '')}"
     top = overview.load(out).header_html()  # the run's status before anything else
-    write_text(out / f"{OVERVIEW}.html", page.document(
-        title, nb, lambda _: f'<div class="rb-summary">{top}</div>', page.write_assets(out)))
+    color = overview.COLORS.get(str(summary.get("status")), "#757575")
+    banner = f'<div class="rb-summary" style="border-left-color:{color}">{top}</div>'
+    write_text(out / f"{OVERVIEW}.html",
+               page.document(title, nb, lambda _: banner, page.write_assets(out)))
 
 
 def index_html(out: Path, summary: dict[str, Any]) -> str:
@@ -117,9 +118,11 @@ def index_html(out: Path, summary: dict[str, Any]) -> str:
         rows.append(f'<li><a href="{OVERVIEW}.html"><b>Health overview</b></a></li>')
     for rb in summary["runbooks"]:
         f = rb["files"]
-        rows.append(f'<li><a href="{e(f["html"])}">{e(rb["name"])}</a>: {e(rb["status"])} '
-                    f'(<a href="{e(f["findings"])}">findings JSON</a>, '
-                    f'<a href="{e(f["notebook"])}">notebook</a>)</li>')
+        more = ", ".join(f'<a href="{e(f[k])}">{label}</a>' for k, label in
+                         (("findings", "findings JSON"), ("notebook", "notebook"))
+                         if (out / f[k]).exists())  # a runbook stopped early has no notebook
+        rows.append(f'<li><a href="{e(f["html"])}">{e(rb["name"])}</a>: {e(rb["status"])}'
+                    + (f" ({more})" if more else "") + "</li>")
     files = "".join(f'<li><a href="{n}">{n}</a></li>'
                     for n in ("summary.json", "alerts.json", "metrics.prom") if (out / n).exists())
     problems = "".join(f"<li>{e(p)}</li>" for p in summary.get("problems", []))
@@ -127,7 +130,8 @@ def index_html(out: Path, summary: dict[str, Any]) -> str:
             '<meta name="viewport" content="width=device-width, initial-scale=1"/>'
             f"<title>pg-runbooks run {e(summary['started_at'])}: {e(summary['status'])}</title>"
             "<style>body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;"
-            "max-width:900px;margin:0 auto;padding:0 16px 40px;line-height:1.5}</style></head>"
+            "max-width:900px;margin:0 auto;padding:0 16px 40px;line-height:1.5}"
+            "code{overflow-wrap:anywhere}</style></head>"
             f"<body><h1>Run of {e(summary['started_at'])}</h1>"
             f"<p>Status <b>{e(summary['status'])}</b> (exit {summary['exit_code']}) for "
             f"<code>{e(summary['target'])}</code></p><ul>{''.join(rows)}</ul>"

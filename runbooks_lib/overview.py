@@ -34,7 +34,7 @@ KEY_FIGURES = (
     ("restore_drill", "restore_rpo", "achieved RPO"),
 )
 COLORS = {"ok": "#2e7d32", "info": "#2e7d32", "warning": "#ef6c00", "critical": "#c62828",
-          COULD_NOT_RUN: "#6a1b9a", "not run": "#757575"}
+          COULD_NOT_RUN: "#6a1b9a", "not run": "#757575"}  # any other (skipped checks): grey
 e = html.escape
 
 
@@ -75,10 +75,16 @@ class Overview:
         cells = []
         for area, runbook in AREAS:
             status = self.area_status(runbook)
-            loud = [s for s in stories.loud({runbook: self.reports[runbook]})] \
-                if runbook in self.reports else []
+            report = self.reports.get(runbook, {})
+            loud = stories.loud({runbook: report}) if report else []
+            skipped = report.get("skipped") or []
             why = e(loud[0].title) if loud else ("no warning" if status in ("ok", "info")
                                                  else "")
+            if skipped and status in ("ok", "info"):  # never green without evidence
+                status = f"{status}, {len(skipped)} skipped"
+                why = e(f"{skipped[0].get('check', '')}: {skipped[0].get('reason', '')}")
+            elif skipped:
+                why += f"<br>{len(skipped)} check(s) skipped"
             link = f'<a href="{runbook}.html">report</a>' if runbook in self.reports else ""
             cells.append(
                 f'<div class="ov-light" style="flex:1 1 170px;border:1px solid #ddd;padding:6px '
@@ -229,7 +235,8 @@ def start(run_dir: str) -> Overview | Missing:
         ov: Overview | Missing = load(run_dir)
     except (OSError, ValueError) as exc:
         ov = Missing(str(exc))
-    ov.show("header")
+    if isinstance(ov, Missing):
+        ov.show("header")
     return ov
 
 

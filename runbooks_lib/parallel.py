@@ -79,7 +79,7 @@ def limits(spec: registry.RunbookSpec, given: dict[str, Any], cell_s: int,
 
 
 INTERRUPTED = StepError("interrupted", "stopped by a signal (Ctrl-C or SIGTERM) before it "
-                        "finished: the findings above are what it found until then")
+                        "finished: what it found until then is in its report")
 
 
 def _passed(findings_path: Path, step: str) -> bool:
@@ -127,7 +127,7 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
                     elif begun is not None and now - begun > deadline[n]:
                         control.stop(n, StepError(
                             "timeout", f"stopped after {deadline[n]:.0f} s (the runbook time "
-                            "limit): the findings above are what it found until then"))
+                            "limit): what it found until then is in its report"))
                 if waiting and not interrupted and all(
                         futures[n].done() or _passed(out / f"{n}.findings.json",
                                                      specs[n].loads_source_until)

@@ -216,9 +216,12 @@ def check_names(names: list[str]) -> None:
     """Every name a runbook with a notebook; else a usage error naming the valid ones."""
     import difflib
 
-    books = notebooks.available()
+    books = [b for b in notebooks.available() if b in registry.runbooks()]
     for n in names:
-        if n not in books or n not in registry.runbooks():
+        if n not in books:
+            if n == outputs.OVERVIEW:
+                raise UsageError(f"{n} is not run by name: `runbooks run --all` (or two "
+                                 "runbooks or more) writes it after the runbooks")
             close = difflib.get_close_matches(n, books, n=1)
             raise UsageError(f"unknown runbook {n}" + (f" (did you mean {close[0]}?)" if close
                                                        else "")

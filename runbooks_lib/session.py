@@ -111,11 +111,11 @@ def connect(
     if target.pgbouncer:
         conn.prepare_threshold = None  # transaction pooling cannot keep prepared statements
     with conn.cursor() as cur:
-        cur.execute(
+        cur.execute(queries.tag(
             "SELECT set_config('statement_timeout', %s, false),"
             " set_config('lock_timeout', %s, false),"
             " set_config('idle_in_transaction_session_timeout', %s, false),"
-            " set_config('default_transaction_read_only', %s, false)",
+            " set_config('default_transaction_read_only', %s, false)").encode(),
             (
                 f"{timeouts.statement_ms}ms",
                 f"{timeouts.lock_ms}ms",

@@ -38,11 +38,16 @@ SUBJECTS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "seq_scan": (("table", "table", False),),
     "fk_without_index": (("child_table", "table", False),),
     "dead_tuples": (("table", "table", False),),
+    "duplicate_index": (("index", "index", True),),
+    "unused_index": (("index", "index", False),),
+    "invalid_index": (("index", "index", False),),
+    "deadlock": (("pattern", "deadlock", False),),
+    "action_cancel": (("pid", "pid", True),),
     "blocking": (("pid", "pid", True),),
     "idle_in_transaction": (("pid", "pid", True),),
     "action_terminate": (("pid", "pid", True),),
-    "lock_wait": (("pid", "pid", True),),
-    "long_running": (("pid", "pid", True),),
+    "long_query": (("pid", "pid", True),),
+    "long_transaction": (("pid", "pid", True),),
     "leak_suspect": (("application", "client", False),),
     "pool_overflow": (("application", "client", False),),
     "connection_usage": (("application", "client", False),),
@@ -56,9 +61,16 @@ def _name(value: Any) -> str:
     return text if text != text.lower() else text.lower()
 
 
+# about the run's target itself: the same finding from every runbook of a run is one story
+ABOUT_TARGET = ("reachability", "too_many_clients", "xid_age", "log_setup", "log_coverage",
+                "log_malformed")
+
+
 def subjects(finding: Mapping[str, Any]) -> set[str]:
     """The subjects a finding's evidence names, as 'kind:value' strings."""
     out: set[str] = set()
+    if finding.get("check") in ABOUT_TARGET:
+        out.add(f"target:{finding.get('check')}")
     rows = [r for r in finding.get("evidence") or [] if isinstance(r, Mapping)]
     for key, kind, every in SUBJECTS.get(str(finding.get("check")), ()):
         for row in rows if every else rows[:1]:

@@ -134,9 +134,12 @@ def main(root: Path, target: str | None, last: int, as_json: bool) -> int:
                                        "run_dir": r.get("run_dir"), **d.to_dict()}
                                       for label, (r, d) in newest.items()]}, indent=2))
     elif not recs:
+        where = "" if root.is_dir() else f" ({root} is no directory)"
+        if (root / "summary.json").exists():
+            where = f" ({root} is a run directory: its parent is the reports root)"
         print(f"no runs recorded under {root}"
-              + (f" for target {target}" if target is not None else "")
-              + ": runbooks run writes them")
+              + (f" for target {target}" if target is not None else "") + where
+              + ": `runbooks run --out ROOT/NAME` records each run in ROOT/history.jsonl")
     else:
         print(table(recs, last))
     return 0

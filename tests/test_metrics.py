@@ -257,6 +257,22 @@ def test_no_previous_success_means_no_series(tmp_path: Path, previous: str | Non
     assert sorted(last) == ["connectivity", "restore_drill", "transaction_failures"]
 
 
+def test_per_run_counts_add_up_in_a_stable_file(tmp_path: Path) -> None:
+    """database_errors_total and database_alerts_total are counters: a stable file adds each
+    run's count to the last, so they never go down (rate() would read a drop as a reset)."""
+    path = tmp_path / "metrics.prom"
+    metrics.write_file(metrics.build([demo()]), path)
+    once, _ = read(path)
+    errors = value(once, "database_errors_total", **{"class": "timeout"})
+    alerts = value(once, "database_alerts_total", severity="warning")
+    assert errors > 0 and alerts > 0
+    metrics.write_file(metrics.build([demo()], previous=path), path)
+    twice, _ = read(path)
+    assert value(twice, "database_errors_total", **{"class": "timeout"}) == 2 * errors
+    assert value(twice, "database_alerts_total", severity="warning") == 2 * alerts
+    assert value(twice, "database_connections_active") == value(once, "database_connections_active")
+
+
 class Gateway:
     """A Pushgateway-compatible endpoint on 127.0.0.1 that records what it receives."""
 

@@ -173,11 +173,22 @@ register(Check("restore_drill.pgbackrest", "pgBackRest's own view", "The stanzas
 
 # -- backup and integrity -----------------------------------------------------------------------
 
+def _first_words(error: str, most: int = 160) -> str:
+    """An error's first line, short enough for a title (alerts show titles, not details).
+
+    >>> _first_words("pg_dump failed (exit 1): pg_dump: error: permission denied" + chr(10) + "..")
+    'pg_dump failed (exit 1): pg_dump: error: permission denied'
+    """
+    line = (error.strip().splitlines() or [""])[0]
+    return line if len(line) <= most else line[:most - 1] + "…"
+
+
 def backup(t: D.Taken, p: Params) -> list[Finding]:
     if t.error:
-        return [Finding("backup", "critical", "Backup failed" if t.requested else
-                        "No backup to drill", t.error,
-                        remediation="fix the cause above and run the drill again")]
+        return [Finding("backup", "critical", ("Backup failed: " if t.requested else
+                        "No backup to drill: ") + _first_words(t.error), t.error,
+                        remediation="fix the cause (the detail says it whole) and run the drill "
+                                    "again")]
     out: list[Finding] = []
     if t.backup is not None:
         b = t.backup
@@ -357,8 +368,10 @@ register(Check("restore_drill.one_table", "One table", "pg_restore -t of one tab
 
 def pitr(r: Any, p: Params) -> list[Finding]:
     if isinstance(r, Exception):
-        return [Finding("restore_pitr", "critical", "Point-in-time recovery drill failed", str(r),
-                        remediation="fix the cause above: without it no point-in-time recovery")]
+        return [Finding("restore_pitr", "critical", "Point-in-time recovery drill failed: "
+                        + _first_words(str(r)), str(r),
+                        remediation="fix the cause (the detail says it whole): without it no "
+                                    "point-in-time recovery")]
     objective = float(p["pitr_rto_minutes"]) * 60
     if not r.ok:
         what = "the row written after the target is present" if r.after_present else \

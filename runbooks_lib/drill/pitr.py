@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import queries
 from ..errors import DrillError, SandboxError
 from ..sandbox import server
 from ..target import mask_text
@@ -208,7 +209,7 @@ class _Drill:
         """One statement in the drill's source session; its first row."""
         assert self.conn is not None
         try:
-            cur = self.conn.execute(query, params or None)
+            cur = self.conn.execute(queries.tagged(query, self.conn), params or None)
             return (cur.fetchone() or ()) if cur.description else ()
         except psycopg.Error as exc:
             raise DrillError(f"on the source: {mask_text(str(exc)).strip()}") from None

@@ -25,6 +25,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from .. import queries
 from ..errors import DrillError
 from ..target import mask_text, resolve
 from . import tools
@@ -230,8 +231,8 @@ def recover(drill_dir: Path, mine: Path | None, server: Server | None, source: s
                 elif e["kind"] == "table" and e["where"] == source_shown \
                         and e["name"] in log.live("table"):
                     with psycopg.connect(source, connect_timeout=10, autocommit=True) as c:
-                        c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-                            sql.Identifier(e["name"])))  # in the role's schema, as created
+                        c.execute(queries.tagged(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                            sql.Identifier(e["name"])), c))  # in the role's schema, as created
                     log.record("removed", "table", e["name"], e["where"])
                     done.append(f"table {e['name']}")
             except (DrillError, psycopg.Error):
@@ -264,8 +265,8 @@ def create_scratch(server: Server, name: str, log: DrillLog) -> None:
     with admin(server) as conn:
         refuse_existing(conn, server, name)
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-                sql.Identifier(name)))
+            conn.execute(queries.tagged(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+                sql.Identifier(name)), conn))
         except psycopg.Error as exc:
             raise DrillError(f"cannot create the scratch database {name} on {server.shown}: "
                              f"{mask_text(str(exc).strip())} (the role needs CREATEDB)") from None
@@ -277,8 +278,8 @@ def drop_scratch(server: Server, name: str, log: DrillLog) -> None:
     if name not in log.live("database"):
         raise DrillError(f"database {name} was not created by this drill: not dropped")
     with admin(server) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(queries.tagged(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)), conn))
     log.record("removed", "database", name, server.shown)
 
 

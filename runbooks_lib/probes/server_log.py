@@ -23,6 +23,7 @@ SINCE = Param("since", str, "1h", "log window: 15m, 1h, 1d or an ISO time",
 MAX_MB = Param("log_max_mb", float, 50.0,
                "with log_source auto, read at most the last this many MB", "MB", 0.01, 100_000)
 OUR_APPLICATIONS = "runbooks/"  # our own sessions' errors are not the application's
+AUTOVACUUM_ENDED = "terminating autovacuum process"
 ERROR_COLUMNS = ["time", "log_time", "user", "database", "application", "severity", "sqlstate",
                  "message", "detail", "context", "query"]
 
@@ -78,12 +79,15 @@ def read(rb: Runbook, p: Params) -> LogRead:
 def read_from(start: dt.datetime, scan: logs.Scan, database: str | None,
               statements_logged: str = "") -> LogRead:
     """The scan's errors as the checks read them: without our own sessions' errors (a refused
-    diagnostic query is no application error) and, when the database is known, without other
-    databases' errors; the exact counts by SQLSTATE reduced to match."""
+    diagnostic query is no application error) nor autovacuum's being cancelled and, when the
+    database is known, without other databases' errors; the exact counts by SQLSTATE reduced
+    to match."""
     import pandas as pd
 
     errors = pd.DataFrame(list(scan.errors), columns=ERROR_COLUMNS)
     drop = errors["application"].fillna("").str.startswith(OUR_APPLICATIONS)
+    # autovacuum cancelled by DDL (DROP DATABASE ends it with 57P01): no application's failure
+    drop |= errors["message"].fillna("").str.startswith(AUTOVACUUM_ENDED)
     if database is not None:
         drop |= errors["database"].fillna("").ne("") & errors["database"].ne(database)
     counts = dict(scan.errors_by_sqlstate)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from ..errors import SkipStep
 
@@ -79,6 +80,14 @@ def tag(text: str) -> str:
             lines[i] = f"{keyword} {MARKER} {rest}".rstrip()
             break
     return "\n".join(lines)
+
+
+def tagged(query: Any, conn: Any) -> bytes:
+    """QUERY (text or a psycopg.sql composition) tagged like the query files, as bytes for
+    CONN: the restore drill's and the session's own statements, so the latency runbook beside
+    them leaves them out of the application's top statements and never plans them."""
+    text = query if isinstance(query, str) else query.as_string(conn)
+    return tag(text).encode()
 
 
 def name_of(sql: str) -> str:
