@@ -69,3 +69,13 @@ def test_a_blocker_is_named_by_its_application_not_its_pid() -> None:
     assert stories.identity("latency", a) == stories.identity("latency", b)
     assert stories.identity("latency", a) == "latency/blocking/app:cosnap-backend"
     assert stories.identity("latency", b) != stories.identity("latency", c)
+
+
+def test_an_unreachable_server_is_one_story_not_one_per_runbook() -> None:
+    down = {"check": "reachability", "severity": "critical",
+            "title": "Database unreachable after 3 attempt(s): refused (127.0.0.1:1)",
+            "evidence": [{"attempt": 1, "ok": False, "seconds": 0.01, "cause": "refused"}]}
+    reports = {n: {"findings": [dict(down)]}
+               for n in ("connectivity", "latency", "transaction_failures", "restore_drill")}
+    (story,) = stories.loud(reports)
+    assert len(story.runbooks) == 4 and story.related == []
