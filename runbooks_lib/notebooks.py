@@ -41,6 +41,7 @@ def kernel_manager_class() -> type:
             # the kernel's own stderr is no result: cell errors come back through the protocol,
             # and libzmq or the kernel's logger print tracebacks while it is torn down
             kw["stderr"] = kw["stdout"] = subprocess.DEVNULL  # its output is in the protocol
+            kw["env"] = {**(kw.get("env") or os.environ), **parallel.kernel_env()}
             await AsyncKernelManager._async_launch_kernel(self, kernel_cmd, **kw)
             process = getattr(self.provisioner, "process", None)
             if process is not None:

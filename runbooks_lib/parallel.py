@@ -2,8 +2,9 @@
 each stopped at its time limit (its kernel and what the kernel started are killed, so the thread
 sees a dead kernel within a second and the runbook is reported as could not run), all stopped
 by Ctrl-C or SIGTERM. A runbook that loads the source (a restore drill's backup reads every
-table) runs first, and those that sample the server start once it is past that step: its load
-is not reported as the application's.
+table) starts first; the others' kernels start beside it and wait in their first step until
+it is past that step (a go file the runner writes): its load is not reported as the
+application's, and their kernels' start-up overlaps the backup.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Control:
         self.kernels: dict[str, int] = {}  # runbook -> kernel pid (its own process group)
         self.started: dict[str, float] = {}
         self.reasons: dict[str, StepError] = {}
+        self.go_file: Path | None = None  # written when the source's loaders are past their step
+        self.waits: set[str] = set()  # runbooks whose kernel waits for GO_FILE before sampling
 
     def begin(self, name: str) -> None:
         with self.lock:
@@ -57,6 +60,26 @@ class _ThreadRunbook(threading.local):
 
 _THREAD_RUNBOOK = _ThreadRunbook()
 _CONTROL: Control | None = None  # the run in progress (one per process: see claimed())
+
+
+GO_ENV = "RUNBOOKS_GO_FILE"
+
+
+def kernel_env() -> dict[str, str]:
+    """What the kernel of this thread's runbook gets in its environment: the file to wait for
+    before its first step, when a runbook that loads the source runs beside it."""
+    control, name = _CONTROL, _THREAD_RUNBOOK.name
+    if control is None or control.go_file is None or name not in control.waits:
+        return {}
+    return {GO_ENV: str(control.go_file)}
+
+
+def wait_for_go(poll_s: float = 0.1) -> None:
+    """In a kernel: wait until the runner says the source is quiet (no wait outside a run; the
+    runner kills a kernel that waits past its time limit)."""
+    path = os.environ.get(GO_ENV)
+    while path and not os.path.exists(path):
+        time.sleep(poll_s)
 
 
 def kernel_started(pid: int) -> None:
@@ -94,7 +117,8 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
         jobs: int) -> tuple[list[T], bool]:
     """NAMES in JOBS threads (each runbook's work is in its own kernel process), each stopped
     after its time limit; Ctrl-C or SIGTERM stops them all. A runbook that loads the source
-    (the drill's backup) starts first and the others once it is past that step. Returns the
+    (the drill's backup) starts first; the others' kernels start beside it and wait in their
+    first step until it is past that step (the go file). Returns the
     outcomes in NAMES' order and whether the run was interrupted; every outcome's files are
     written."""
     global _CONTROL
@@ -103,7 +127,11 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
     specs = {n: registry.runbook(n) for n in names}
     deadline = {n: limits(specs[n], params, cell_s, runbook_s)[1] for n in names}
     loaders = [n for n in names if specs[n].loads_source_until]
-    waiting = sorted((n for n in names if n not in loaders), key=lambda n: -deadline[n])
+    others = sorted((n for n in names if n not in loaders), key=lambda n: -deadline[n])
+    if loaders:  # the others' kernels start now and wait in their first step for the go file
+        control.go_file = out / ".runbooks-go"
+        control.go_file.unlink(missing_ok=True)
+        control.waits = set(others)
     interrupted = False
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="runbook")
     futures: dict[str, Future[T]] = {}
@@ -113,7 +141,7 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
             futures[n] = pool.submit(start, n, control)
 
     try:
-        submit(loaders)
+        submit(loaders + others)
         while True:
             try:  # a signal may arrive anywhere in here: the next turn stops everything
                 now = time.monotonic()
@@ -128,14 +156,14 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
                         control.stop(n, StepError(
                             "timeout", f"stopped after {deadline[n]:.0f} s (the runbook time "
                             "limit): what it found until then is in its report"))
-                if waiting and not interrupted and all(
+                go = control.go_file
+                if go is not None and not go.exists() and (interrupted or all(
                         futures[n].done() or _passed(out / f"{n}.findings.json",
                                                      specs[n].loads_source_until)
-                        for n in loaders):
-                    submit(waiting)
-                    waiting = []
+                        for n in loaders)):
+                    go.touch()
                 pending = [f for f in futures.values() if not f.done()]
-                if not pending and (not waiting or interrupted):
+                if not pending:
                     break
                 wait(pending, timeout=0.3, return_when=FIRST_COMPLETED)
             except KeyboardInterrupt:
@@ -143,6 +171,8 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _CONTROL = None
+        if control.go_file is not None:
+            control.go_file.unlink(missing_ok=True)
     outcomes: list[T] = []
     for n in names:  # one that never started is said too (could not run: interrupted)
         if n not in futures or futures[n].cancelled():

@@ -264,6 +264,10 @@ class Runbook:
         """Every check of the runbook's step KEY, in order (one notebook cell)."""
         if self.spec is None or self.report.errors and self.report.errors[0].step == "parameters":
             return
+        if not self.report.steps_done:  # in a nightly run beside a drill's backup: after it
+            from .parallel import wait_for_go
+
+            wait_for_go()
         for check_id in self.spec.step(key).checks:
             self.check(check_id)
         self.report.steps_done.append(key)
