@@ -67,6 +67,7 @@ def test_all_in_parallel_writes_index_overview_metrics_and_history(
         quiet: Sandbox, tmp_path: Path, drill_dir: Path) -> None:
     root = tmp_path / "reports"
     metrics_file = tmp_path / "textfile" / "pg_runbooks.prom"
+    metrics_file.parent.mkdir()  # node_exporter's textfile directory exists
     env = {"DATABASE_URL": quiet.url("postgres"), "RUNBOOKS_DRILL_DIR": str(drill_dir),
            "RUNBOOKS_BACKUP_KEY": keys.generate()}
     for run in ("first", "second"):
@@ -152,6 +153,23 @@ def test_sigterm_stops_every_runbook_and_writes_every_output(quiet: Sandbox,
         data = json.loads((tmp_path / f"{name}.findings.json").read_text())
         assert data["status"] == "could not run" and data["errors"][-1]["step"] == "interrupted"
     assert (tmp_path / "index.html").exists()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--metrics-file", "/nonexistent-dir/pg.prom"], "is not a directory this user may write"),
+    (["--keep-days", "-5"], "--keep-days -5"),
+    (["--all", "connectivity"], "not both"),
+    (["--alert-webhook", "hooks.example.com/x"], "http:// or https://"),
+    (["health_overview"], "not run by name"),
+])
+def test_scheduler_options_are_checked_before_anything_runs(tmp_path: Path, args: list[str],
+                                                           says: str) -> None:
+    names = [] if "--all" in args or "health_overview" in args else ["connectivity"]
+    proc = run_cli("run", *names, *args, "--out", str(tmp_path / "out"),
+                   env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"})
+    assert proc.returncode == 64, proc.stdout + proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists(), "nothing ran"
 
 
 def test_quiet_prints_nothing_on_a_healthy_run(quiet: Sandbox, tmp_path: Path) -> None:
