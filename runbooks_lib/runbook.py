@@ -131,7 +131,8 @@ class Runbook:
             rb.params = P.from_namespace(registry.parameters(rb.spec), namespace)
         except P.UsageError as exc:
             rb.error("parameters", str(exc))
-        rb.report.window = {k: rb.params[k] for k in WINDOW_PARAMS if k in rb.params}
+        rb.report.window = {k: rb.params[k] for k in WINDOW_PARAMS
+                            if rb.params.get(k) not in (None, "")}
         return rb
 
     spec: RunbookSpec | None = None
