@@ -1,6 +1,6 @@
 """Alerts: entries from a recorded demo run, the Slack payload, and delivery to real HTTP servers.
 
-tests/data/alerts_run/ is the demo run of 2026-11-28 (summary.json and the findings JSON of
+tests/data/demo_run/ is the demo run of 2026-11-28 (summary.json and the findings JSON of
 its four runbooks): the idle-in-transaction blocker pid 31999 is seen by connectivity, latency
 and transaction_failures there.
 """
@@ -22,7 +22,7 @@ import pytest
 from runbooks_lib import alerts, stories
 from runbooks_lib.target import shown_url
 
-RUN = Path(__file__).parent / "data" / "alerts_run"
+RUN = Path(__file__).parent / "data" / "demo_run"
 SECRET_PATH = "/services/T000/B000/SECRET"
 
 

@@ -1,4 +1,4 @@
-"""Run history on a real recorded run (tests/data/history_run, from a demo run) and three
+"""Run history on a real recorded run (tests/data/demo_run, from a demo run) and three
 synthetic successors made by editing it: what a manager reads first ("new since yesterday") must
 be right, and prune must never delete what it did not record."""
 
@@ -17,7 +17,7 @@ import pytest
 from runbooks_lib import history, trend
 from runbooks_lib.stories import identity
 
-DATA = Path(__file__).parent / "data" / "history_run"
+DATA = Path(__file__).parent / "data" / "demo_run"
 BOOKS = ("connectivity", "latency", "transaction_failures", "restore_drill")
 
 

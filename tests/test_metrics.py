@@ -1,4 +1,4 @@
-"""Metrics from a recorded demo run (tests/data/metrics_run, figures added by hand), read back
+"""Metrics from a recorded demo run (tests/data/demo_run, figures added by hand), read back
 with prometheus_client's own parser; pushes to a local Pushgateway-compatible endpoint."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from runbooks_lib import metrics
 from runbooks_lib.metrics import Run
 from runbooks_lib.stories import loud
 
-DATA = Path(__file__).parent / "data" / "metrics_run"
+DATA = Path(__file__).parent / "data" / "demo_run"
 TARGET = "db.internal:5432/cosnap"
 FINISHED = dt.datetime(2026, 11, 28, 23, 45, 26, tzinfo=dt.UTC).timestamp()  # summary.json
 LABELS = {"target", "runbook", "severity", "status", "class"}

@@ -8,7 +8,7 @@ from typing import Any
 
 from runbooks_lib import stories
 
-RUN = Path(__file__).parent / "data" / "alerts_run"
+RUN = Path(__file__).parent / "data" / "demo_run"
 
 
 def recorded() -> dict[str, dict[str, Any]]:
