@@ -99,6 +99,17 @@ class StepError:
     message: str
 
 
+def finite(value: Any) -> float | int | None:
+    """VALUE when it is a finite int or float (a bool is no figure, NaN no value), else None.
+
+    >>> finite(3), finite(0.5), finite(True), finite(float("nan")), finite("7")
+    (3, 0.5, None, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def jsonable(value: Any) -> Any:
     """Values from PostgreSQL and pandas as JSON: times in ISO 8601, NaN/NaT as null."""
     if value is None or isinstance(value, bool | str | int):

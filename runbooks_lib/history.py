@@ -33,7 +33,6 @@ import datetime as dt
 import fcntl
 import json
 import logging
-import math
 import os
 import shutil
 import stat
@@ -43,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .findings import COULD_NOT_RUN, SEVERITIES, write_text
+from .findings import COULD_NOT_RUN, SEVERITIES, finite, write_text
 from .stories import LOUD, identity
 from .target import mask_text
 
@@ -56,13 +55,6 @@ VERSION = 1
 
 
 # ---------------------------------------------------------------- building and appending
-
-def number(value: Any) -> float | int | None:
-    """A finite int or float (a bool is not a figure, NaN is not a value)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value if math.isfinite(value) else None
-
 
 def _rank(severity: Any) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else -1
@@ -84,7 +76,7 @@ def key_figures(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, float | i
     for book, data in reports.items():
         for f in _findings(data):
             m = f.get("metric")
-            value = number(m.get("value")) if isinstance(m, Mapping) else None
+            value = finite(m.get("value")) if isinstance(m, Mapping) else None
             if value is None or not isinstance(m, Mapping):
                 continue
             key = f"{book}/{f.get('check')}/{m.get('name')}"
@@ -103,7 +95,7 @@ def figures(reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
         for fig in listed if isinstance(listed, list) else []:
             if not isinstance(fig, Mapping) or not fig.get("name"):
                 continue
-            value = number(fig.get("value"))
+            value = finite(fig.get("value"))
             if value is None:
                 continue
             labels = fig.get("labels")
@@ -140,7 +132,7 @@ def _runbooks(summary: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any
         counts = _map(rb.get("findings"))
         out[str(rb["name"])] = {
             "status": str(rb.get("status", COULD_NOT_RUN)),
-            "duration_s": number(rb.get("duration_s")),
+            "duration_s": finite(rb.get("duration_s")),
             "counts": {s: n for s in reversed(SEVERITIES)
                        if isinstance(n := counts.get(s, 0), int) and not isinstance(n, bool)}}
     for book, data in reports.items():
@@ -150,7 +142,7 @@ def _runbooks(summary: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any
                 if f.get("severity") in counts_of:
                     counts_of[str(f["severity"])] += 1
             out[book] = {"status": str(data.get("status", COULD_NOT_RUN)),
-                         "duration_s": number(data.get("duration_s")), "counts": counts_of}
+                         "duration_s": finite(data.get("duration_s")), "counts": counts_of}
     return out
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .findings import COULD_NOT_RUN, SEVERITIES, exit_code, run_reports
+from .findings import COULD_NOT_RUN, SEVERITIES, exit_code, finite, run_reports
 from .stories import LOUD, loud
 from .target import mask_text, shown_url
 
@@ -179,11 +178,9 @@ class _OneTarget:
 
 
 def _number(value: Any) -> float | None:
-    """VALUE as a finite float; None for None, bools, text, NaN and infinities."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    """VALUE as a float when it is a finite number (see findings.finite), else None."""
+    found = finite(value)
+    return None if found is None else float(found)
 
 
 def _entries(summary: Mapping[str, Any]) -> list[dict[str, Any]]:

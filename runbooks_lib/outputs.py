@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import alerts, history, metrics, notebooks, overview, page
-from .findings import load, run_reports, write_json, write_text
+from .findings import run_reports, write_json, write_text
 from .target import mask_text
 
 log = logging.getLogger("runbooks_lib")
@@ -63,7 +63,7 @@ def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str]
     overview = opts.overview if opts.overview is not None else len(summary["runbooks"]) > 1
     if overview and not interrupted:
         try:
-            run_overview(out, secrets, opts.cell_timeout_s)
+            run_overview(out, summary, secrets, opts.cell_timeout_s)
             summary["overview"] = f"{OVERVIEW}.html"
         except Exception as exc:  # noqa: BLE001 - the runbooks' reports stand without it
             problems.append(f"overview not written: {mask_text(str(exc), *secrets)[:300]}")
@@ -93,17 +93,14 @@ def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str]
     write_json(out / "summary.json", summary)
 
 
-def run_overview(out: Path, secrets: list[str], timeout_s: int) -> None:
+def run_overview(out: Path, summary: dict[str, Any], secrets: list[str], timeout_s: int) -> None:
     """notebooks/health_overview.ipynb executed on this run, exported like a report."""
     nb_out = out / f"{OVERVIEW}.ipynb"
     notebooks.execute(notebooks.notebook_dir() / f"{OVERVIEW}.ipynb", nb_out,
                       {"run_dir": str(out)}, timeout_s)
     nb = notebooks.sanitize(nb_out, secrets)
-    summary = load(out / "summary.json")
     title = f"health overview: {summary.get('status', '')}"
-    top = overview.load(out).header_html()  # the run's status before anything else
-    color = overview.COLORS.get(str(summary.get("status")), "#757575")
-    banner = f'<div class="rb-summary" style="border-left-color:{color}">{top}</div>'
+    banner = overview.banner_html(summary)  # the run's status before anything else
     write_text(out / f"{OVERVIEW}.html",
                page.document(title, nb, lambda _: banner, page.write_assets(out)))
 

@@ -179,18 +179,12 @@ class Overview:
                 "</th><th>time</th><th>files</th></tr>" + "".join(rows) + "</table></div>")
 
     def show(self, part: str) -> None:
-        """Show one section in the notebook (PART: header, lights, first, figures, new,
-        trend, links)."""
+        """Show one section in the notebook (PART: lights, first, figures, new, trend,
+        links)."""
         from .present import _display
 
         text = getattr(self, f"{part}_html")()
         _display({"text/html": text or "<p>(nothing yet)</p>", "text/plain": part})
-
-    def header_html(self) -> str:
-        s = self.summary
-        return (f'<p>Status <b style="color:{COLORS.get(self.status, "#222")}">{e(self.status)}'
-                f"</b> for <code>{e(str(s.get('target', '')))}</code>, run "
-                f"{e(str(s.get('started_at', '')))} to {e(str(s.get('finished_at', '')))}.</p>")
 
 
 def load(run_dir: str | Path) -> Overview:
@@ -217,29 +211,30 @@ def load(run_dir: str | Path) -> Overview:
 
 
 class Missing:
-    """No run to show: every section says why, once, instead of a traceback per cell."""
+    """No run to show: said once when it is found, instead of a traceback per cell."""
 
     def __init__(self, why: str) -> None:
-        self.why = why
-
-    def show(self, part: str) -> None:
         from .present import show_text
 
-        if part == "header":
-            show_text(f"overview not available: {self.why}")
+        show_text(f"overview not available: {why}")
+
+    def show(self, part: str) -> None:
+        """Nothing: the reason was shown once."""
 
 
 def start(run_dir: str) -> Overview | Missing:
-    """The overview of RUN_DIR, its header shown; a missing or unreadable run is said once."""
+    """The overview of RUN_DIR; a missing or unreadable run is said once."""
     try:
-        ov: Overview | Missing = load(run_dir)
+        return load(run_dir)
     except (OSError, ValueError) as exc:
-        ov = Missing(str(exc))
-    if isinstance(ov, Missing):
-        ov.show("header")
-    return ov
+        return Missing(str(exc))
 
 
-def lights(ov: Overview) -> Mapping[str, str]:
-    """Area -> status: what the traffic lights show (for tests and the terminal)."""
-    return {area: ov.area_status(runbook) for area, runbook in AREAS}
+def banner_html(summary: Mapping[str, Any]) -> str:
+    """The run's status, target and time, the first thing on the overview's page."""
+    status = str(summary.get("status", COULD_NOT_RUN))
+    color = COLORS.get(status, "#757575")
+    return (f'<div class="rb-summary" style="border-left-color:{color}"><p>Status <b '
+            f'style="color:{color}">{e(status)}</b> for <code>{e(str(summary.get("target", "")))}'
+            f"</code>, run {e(str(summary.get('started_at', '')))} to "
+            f"{e(str(summary.get('finished_at', '')))}.</p></div>")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import notebooks, outputs, page, parallel, registry
+from . import notebooks, outputs, page, parallel, registry, stories
 from .findings import (
     COULD_NOT_RUN,
     Report,
@@ -168,8 +168,7 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
         data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
         data["status"] = COULD_NOT_RUN
         write_json(findings_path, data)
-    counts = {s: sum(1 for f in data["findings"] if f["severity"] == s)
-              for s in ("critical", "warning", "info", "ok")}
+    counts = stories.counts(data["findings"])
     counts["skipped"] = len(data.get("skipped", []))
     return Outcome(name, data["status"], exit_code(data["status"]), data["duration_s"], counts,
                    data["errors"], {"notebook": nb_out.name, "html": html_out.name,
@@ -192,20 +191,13 @@ def _password(spec: str) -> str:
         return ""
 
 
-def _label(spec: str) -> str:
-
+def _described(spec: str) -> tuple[str, str]:
+    """The target as shown (masked) and its label for metrics and history, resolved once."""
     try:
-        return resolve(spec).label()
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def _shown(spec: str) -> str:
-
-    try:
-        return resolve(spec).masked()
-    except Exception:  # noqa: BLE001
-        return mask_text(spec)
+        target = resolve(spec)
+    except Exception:  # noqa: BLE001 - the notebook reports a bad target itself
+        return mask_text(spec), "unknown"
+    return target.masked(), target.label()
 
 
 def default_out_dir() -> Path:
@@ -267,7 +259,7 @@ def run(names: list[str], target: str, out: Path | None = None,
         safe, env = hide_secrets(typed)
         secrets = [_password(v) for k, v in typed.items()
                    if (k in SECRET_PARAMS or k.endswith("_target")) and isinstance(v, str)]
-        shown, label = _shown(str(typed["target"])), _label(str(typed["target"]))
+        shown, label = _described(str(typed["target"]))
         started = dt.datetime.now(dt.UTC)
         with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
             books = notebooks.available()

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .findings import COULD_NOT_RUN
-from .history import HISTORY, Diff, diff, number, runs, when
+from .findings import COULD_NOT_RUN, finite
+from .history import HISTORY, Diff, diff, runs, when
 
 # (column heading, metric name, unit) of the key figures `runbooks history` shows
 KEY_FIGURES = (("conn use", "connection_usage_ratio", "ratio"),
@@ -41,7 +41,7 @@ def _clock(iso_time: Any) -> str:
 def _figure(rec: Mapping[str, Any], name: str, unit: str) -> str:
     """The worst value of metric NAME among the run's runbooks and checks, shown for a person."""
     values = [v for k, v in (rec.get("metrics") or {}).items()
-              if str(k).rsplit("/", 1)[-1] == name and number(v) is not None]
+              if str(k).rsplit("/", 1)[-1] == name and finite(v) is not None]
     if not values:
         return "-"
     v = max(values)
