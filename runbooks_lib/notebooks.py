@@ -51,13 +51,18 @@ def kernel_manager_class() -> type:
 
 
 def execute(path: Path, nb_out: Path, parameters: dict[str, Any], timeout_s: int) -> None:
-    """Notebook PATH run with PARAMETERS into NB_OUT, in NB_OUT's directory (papermill raises on
-    a failed cell after saving the notebook; each cell may run TIMEOUT_S)."""
+    """Notebook PATH run with PARAMETERS into NB_OUT, its kernel in NB_OUT's directory (papermill
+    raises on a failed cell after saving the notebook; each cell may run TIMEOUT_S).
+
+    The kernel gets its directory from nbclient's resources, not papermill's ``cwd``, which
+    chdirs the whole process: with runbooks in threads, one thread's chdir back raced another's
+    and left the process in a run directory (a relative path then pointed nowhere)."""
     import papermill
 
     papermill.execute_notebook(str(path), str(nb_out), parameters=parameters,
                                kernel_name="python3", progress_bar=False, log_output=False,
-                               execution_timeout=timeout_s, cwd=str(nb_out.parent),
+                               execution_timeout=timeout_s,
+                               resources={"metadata": {"path": str(nb_out.parent)}},
                                kernel_manager_class=kernel_manager_class())
 
 

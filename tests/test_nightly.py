@@ -172,6 +172,24 @@ def test_scheduler_options_are_checked_before_anything_runs(tmp_path: Path, args
     assert not (tmp_path / "out").exists(), "nothing ran"
 
 
+def test_a_parallel_run_leaves_the_process_in_its_directory(quiet: Sandbox, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels run in the run directory, the process stays where it was: `runbooks demo`
+    reads its relative --out after the run (papermill's cwd chdirs the whole process, and
+    threads restoring it in turn left it inside a run directory)."""
+    from runbooks_lib import outputs, report
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", quiet.url("monitor"))
+    code, summary = report.run(["connectivity", "transaction_failures"], "env:DATABASE_URL",
+                               Path("rel/out"), {"sample_seconds": "1"},
+                               outputs.Options(jobs=2, overview=False))
+    assert os.getcwd() == str(tmp_path)
+    assert code in (0, 1) and len(summary["runbooks"]) == 2
+    for rb in summary["runbooks"]:
+        assert (Path("rel/out") / rb["files"]["findings"]).exists()
+
+
 def test_quiet_prints_nothing_on_a_healthy_run(quiet: Sandbox, tmp_path: Path) -> None:
     proc = run_cli("run", "connectivity", "--quiet", "--out", str(tmp_path),
                    env={"DATABASE_URL": quiet.url("monitor")})
