@@ -119,11 +119,13 @@ def _epoch(iso: str) -> float:
 
 def test_a_hung_runbook_is_stopped_at_its_time_limit_and_reported(quiet: Sandbox,
                                                                    tmp_path: Path) -> None:
-    """latency sampling for 120 s under a 5 s limit: stopped, could not run (exit 3), what it
-    found kept, the other runbook's result untouched, and the run never waits the 120 s."""
+    """latency sampling for 300 s under a 25 s limit: stopped, could not run (exit 3), what it
+    found kept, the other runbook's result untouched, and the run never waits the 300 s. The
+    limit leaves connectivity (about 4 s alone) room on a busy CI machine: at 5 s it was stopped
+    too there."""
     proc = run_cli("run", "connectivity", "latency", "--out", str(tmp_path), "--runbook-timeout",
-                   "5", "-p", "sample_seconds=120", env={"DATABASE_URL": quiet.url("postgres")},
-                   timeout=60)
+                   "25", "-p", "sample_seconds=300", env={"DATABASE_URL": quiet.url("postgres")},
+                   timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     latency = json.loads((tmp_path / "latency.findings.json").read_text())
     assert latency["status"] == "could not run"
