@@ -1,18 +1,22 @@
 """Actions that change something on the server, behind three guards.
 
 1. ``allow_actions`` is off by default: the action is only previewed.
-2. In an interactive Jupyter session a button asks for confirmation; headless runs (``runbooks
-   run``) take ``allow_actions=True`` as the confirmation.
-3. Every action taken, previewed, declined or failed is appended to an audit log (JSONL).
+2. In JupyterLab the button enables only once the engineer has typed what it acts on (the
+   application name, or the pids); headless runs (``runbooks run``) take
+   ``allow_actions=True`` as the confirmation.
+3. Every action taken, previewed, declined, refused or failed is appended to an audit log
+   (JSONL).
 
-The changing statement re-checks its conditions, so a session that became active between the
-preview and the click is left alone.
+The changing statement re-checks its conditions on the server at the moment it runs, so a
+session that became active between the preview and the click is left alone; the result shown is
+what the server says afterwards (sessions gone), not the signals sent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
+import html
 import json
 import os
 import socket
@@ -26,7 +30,7 @@ import pandas as pd
 from . import present, queries
 from .errors import ActionRefused, RunbookError
 from .findings import Finding, jsonable, records
-from .session import Session
+from .session import ServerFacts, Session
 
 if TYPE_CHECKING:
     from .runbook import Runbook
@@ -43,6 +47,7 @@ class Plan:
     sql: str
     params: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # what the plan leaves out, and why
+    confirm: str = ""  # what the engineer types to enable the button: an application, pids
 
 
 def default_audit_log() -> Path:
@@ -74,15 +79,17 @@ def audit(rb: Runbook, plan: Plan, decision: str, result: Any = None) -> dict[st
     return record
 
 
-def _headless() -> bool:
-    """True under `runbooks run` / papermill, where no one can click a button."""
-    if os.environ.get("RUNBOOKS_HEADLESS"):
-        return True
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover
-        return True
-    return get_ipython() is None
+def refusal(facts: ServerFacts, plan: Plan) -> str | None:
+    """Why the role of FACTS may not signal the sessions of PLAN, with the grant to ask for;
+    None when it may."""
+    if facts.has_role("pg_signal_backend"):
+        return None
+    others = sorted({str(u) for u in plan.preview.get("user", [])} - {facts.current_user})
+    if not others:
+        return None
+    return (f"role {facts.current_user} may not signal sessions of {', '.join(others)}: ask for "
+            f"GRANT pg_signal_backend TO {facts.current_user} (or superuser), or give "
+            "admin_target; nothing was done")
 
 
 def outcome(s: Session, plan: Plan, pids: list[int], wait_s: float = 3.0) -> pd.DataFrame:
@@ -107,17 +114,15 @@ def execute(rb: Runbook, plan: Plan) -> pd.DataFrame:
     try:
         with Session(target, application_name=f"runbooks/{rb.name}/action",
                      timeouts=rb.timeouts, read_only=False) as s:
-            if not (s.facts.has_role("pg_signal_backend")):
-                others = sorted({str(u) for u in plan.preview.get("user", [])}
-                                - {s.facts.current_user})
-                if others:
-                    raise ActionRefused(
-                        f"role {s.facts.current_user} may not signal sessions of {', '.join(others)}: "
-                        f"it needs pg_signal_backend (GRANT pg_signal_backend TO "
-                        f"{s.facts.current_user}) or superuser, or give admin_target")
+            refused = refusal(s.facts, plan)
+            if refused:
+                raise ActionRefused(refused)
             done = s.frame(plan.sql, plan.params)
             pids = [int(p) for p in done["pid"]]
             after = outcome(s, plan, pids) if pids else done.iloc[0:0].assign(still_there=False)
+    except ActionRefused as exc:
+        audit(rb, plan, "refused", rb.mask(str(exc)))
+        raise
     except Exception as exc:
         audit(rb, plan, "failed", rb.mask(str(exc)))
         raise
@@ -131,6 +136,7 @@ def execute(rb: Runbook, plan: Plan) -> pd.DataFrame:
                             if ok], "effective": sorted(int(p) for p in fixed),
               "unchanged": sorted(int(p) for p in done["pid"] if int(p) not in fixed)}
     audit(rb, plan, "executed", result)
+    present.show_table(after, "after the signal, re-checked on the server")
     rb.add(Finding(f"action_{plan.action}", "info" if len(fixed) == len(plan.preview) else
                    "warning",
                    f"Action {plan.action}: {len(fixed)} of {len(plan.preview)} sessions {verb}",
@@ -141,12 +147,21 @@ def execute(rb: Runbook, plan: Plan) -> pd.DataFrame:
 
 
 def run(rb: Runbook, plan: Plan, allow_actions: bool) -> pd.DataFrame | None:
-    """Preview PLAN, then execute it only if allowed (and confirmed when someone is there)."""
+    """Preview PLAN, then execute it only if allowed (and, with a person there, confirmed)."""
     present.show_table(plan.preview, f"{plan.action} would affect ({plan.description})")
     if plan.preview.empty:
         audit(rb, plan, "nothing_to_do")
         return None
-    if allow_actions and _headless():
+    if not allow_actions:
+        audit(rb, plan, "previewed")
+        rb.add(Finding(f"action_{plan.action}", "info",
+                       f"Preview: {plan.action} would affect {len(plan.preview)} sessions "
+                       "(allow_actions is off, nothing done)",
+                       plan.description, evidence=records(plan.preview),
+                       remediation="to act, tick allow_actions in the panel's parameters and "
+                       "press Run (headless: -p allow_actions=true)"))
+        return None
+    if not present.interactive():
         try:
             return execute(rb, plan)
         except ActionRefused as exc:
@@ -154,37 +169,67 @@ def run(rb: Runbook, plan: Plan, allow_actions: bool) -> pd.DataFrame | None:
                            f"Action {plan.action} refused: {len(plan.preview)} sessions left "
                            "alone", str(exc), evidence=records(plan.preview)))
             return None
-    if not allow_actions:
-        audit(rb, plan, "previewed")
-        rb.add(Finding(f"action_{plan.action}", "info",
-                       f"Preview: {plan.action} would affect {len(plan.preview)} sessions "
-                       "(allow_actions is off, nothing done)",
-                       plan.description, evidence=records(plan.preview)))
+    refused = refusal(rb.session.facts, plan) if rb.admin is None else None
+    if refused:  # said before anyone types: the button could not work
+        audit(rb, plan, "refused", refused)
+        present.show_refusal(f"{plan.action} not possible: {refused}")
         return None
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    button = widgets.Button(description=f"{plan.action}: {len(plan.preview)} sessions",
-                            button_style="danger")
-    cancel = widgets.Button(description="cancel")
-    out = widgets.Output()
-
-    def on_confirm(_: Any) -> None:
-        button.disabled = cancel.disabled = True
-        with out:
-            try:
-                execute(rb, plan)
-            except RunbookError as exc:  # a refusal is a message, never a traceback
-                present.show_text(f"{plan.action} not done: {rb.mask(str(exc))}")
-
-    def on_cancel(_: Any) -> None:
-        button.disabled = cancel.disabled = True
-        audit(rb, plan, "declined")
-
-    button.on_click(on_confirm)
-    cancel.on_click(on_cancel)
-    display(widgets.HBox([button, cancel]), out)
+    confirm = Confirm(rb, plan)
+    rb.confirmations.append(confirm)
+    confirm.show()
     return None
+
+
+class Confirm:
+    """The typed confirmation: the button enables once the text is exactly PLAN.confirm; a
+    click re-checks the text (a programmatic click on a disabled button does nothing) and runs
+    the plan, whose statement re-checks the conditions on the server."""
+
+    def __init__(self, rb: Runbook, plan: Plan) -> None:
+        import ipywidgets as w
+
+        self.rb, self.plan, self.done = rb, plan, False
+        self.expected = plan.confirm or plan.action
+        self.text = w.Text(placeholder=self.expected, description=f"type {self.expected}:",
+                           style={"description_width": "initial"})
+        self.button = w.Button(description=f"{plan.action} {len(plan.preview)} sessions",
+                               button_style="danger", disabled=True, icon="exclamation-triangle")
+        self.cancel = w.Button(description="cancel")
+        self.result = w.Output()
+        self.text.observe(lambda _: self._typed(), names="value")
+        self.button.on_click(lambda _: self.confirm())
+        self.cancel.on_click(lambda _: self.decline())
+        self.box = w.VBox([w.HTML(f"<b>{html.escape(plan.description)}</b>: type "
+                                  f"<code>{html.escape(self.expected)}</code> to enable the "
+                                  "button; the server re-checks every condition when it runs"),
+                           w.HBox([self.text, self.button, self.cancel]), self.result]
+                          ).add_class("rb-action")
+
+    def show(self) -> None:
+        present.show_widget(self.box)
+
+    def _typed(self) -> None:
+        self.button.disabled = self.done or self.text.value.strip() != self.expected
+
+    def confirm(self) -> None:
+        if self.done or self.text.value.strip() != self.expected:
+            return
+        self.done = True
+        self.button.disabled = self.cancel.disabled = self.text.disabled = True
+        with present.into(self.result):
+            try:
+                execute(self.rb, self.plan)
+            except RunbookError as exc:  # a refusal is a message, never a traceback
+                present.show_refusal(f"{self.plan.action} not done: {self.rb.mask(str(exc))}")
+
+    def decline(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.button.disabled = self.cancel.disabled = self.text.disabled = True
+        audit(self.rb, self.plan, "declined")
+        with present.into(self.result):
+            present.show_text(f"cancelled: nothing done to the {len(self.plan.preview)} sessions")
 
 
 def terminate_idle_in_transaction_plan(session: Session, application: str,
@@ -200,4 +245,5 @@ def terminate_idle_in_transaction_plan(session: Session, application: str,
         preview=preview,
         sql=sql,
         params={**params, "dry_run": False, "pids": preview["pid"].tolist()},
+        confirm=application,
     )

@@ -25,12 +25,13 @@ def step_cell(key: str) -> str:
 
 
 VERDICT = "verdict = rb.finish()"
+LIVE = "rb.live()"
 
 
 def expected_code(spec: registry.RunbookSpec) -> list[str]:
     """The code cells of SPEC's notebook, in order."""
     return [registry.parameters_cell(spec), start_cell(spec.name),
-            *(step_cell(s.key) for s in spec.steps), VERDICT]
+            *([LIVE] if spec.live else []), *(step_cell(s.key) for s in spec.steps), VERDICT]
 
 
 def sync(path: Path) -> bool:

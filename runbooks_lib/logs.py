@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import logparse, logsource, logtime, queries, sqlstate, sqltext
+from . import logparse, logsource, logtime, present, queries, sqlstate, sqltext
 from .findings import Finding
 from .logsource import LogFile as LogFile
 from .logsource import LogUnreadable as LogUnreadable
@@ -176,6 +176,8 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
         out.cut_short |= offset > 0
         chosen.append((f, offset))
         budget -= f.size - offset
+    progress = present.Progress("reading the server log (MB)",
+                                sum(f.size - o for f, o in chosen) / 2**20)
     for f, offset in reversed(chosen):
         try:
             fh = logsource.open_file(f, offset, session)
@@ -195,13 +197,16 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
                 pending.append(pool.submit(_work, task, window, slow_ms, errors, durations))
                 while len(pending) > 2:  # a bounded window keeps memory flat
                     out.merge(*pending.popleft().result())
+                    progress.update((out.bytes_read + fh.tell() - begin) / 2**20)
             while pending:
                 out.merge(*pending.popleft().result())
             end = fh.tell()
         out.bytes_read += end - begin
+        progress.update(out.bytes_read / 2**20)
         if not f.server and end + offset < f.size:
             out.notes.append(f"{f.name}: shrank while it was read ({end + offset} of {f.size} "
                              "bytes): rotated with log_truncate_on_rotation?")
+    progress.finish()
     if zone.error:
         out.notes.append(f"{zone.error}: times read as UTC unless they say their offset; pass "
                          "the server's log_timezone (SHOW log_timezone)")

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .findings import Finding, Skipped
@@ -22,8 +26,44 @@ if TYPE_CHECKING:  # pandas is imported late, see session.Session.frame
 _COLORS = {"ok": "#2e7d32", "info": "#1565c0", "warning": "#ef6c00", "critical": "#c62828"}
 
 
+_SINK = threading.local()  # the Output widget a runbook section is being drawn into
+
+
+def interactive() -> bool:
+    """A person at a Jupyter front end, who can click: widgets are shown. A headless run
+    (`runbooks run`, papermill, a script) shows none and its findings are the same. Jupyter's
+    server names a kernel's notebook in JPY_SESSION_NAME; papermill does not."""
+    if os.environ.get("RUNBOOKS_HEADLESS"):
+        return False
+    if not (os.environ.get("JPY_SESSION_NAME") or os.environ.get("RUNBOOKS_INTERACTIVE")):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - ipykernel is a dependency
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+@contextmanager
+def into(output: Any) -> Iterator[None]:
+    """Everything shown inside goes into OUTPUT (an ipywidgets Output), kept on the kernel's
+    side: a section is redrawn in place by emptying it, and a test reads what it holds."""
+    previous = getattr(_SINK, "output", None)
+    _SINK.output = output
+    try:
+        yield
+    finally:
+        _SINK.output = previous
+
+
 def _display(bundle: dict[str, Any]) -> None:
-    """Send a MIME bundle to the notebook; do nothing outside IPython (scripts, tests)."""
+    """Send a MIME bundle to the notebook (or the section being drawn); do nothing outside
+    IPython (scripts, tests)."""
+    sink = getattr(_SINK, "output", None)
+    if sink is not None:
+        sink.outputs = (*sink.outputs, {"output_type": "display_data", "data": bundle,
+                                        "metadata": {}})
+        return
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -124,6 +164,88 @@ def show_table(df: pd.DataFrame, caption: str = "", max_rows: int = 50,
 
 def show_text(text: str) -> None:
     _display({"text/html": f"<p>{html.escape(text)}</p>", "text/plain": text})
+
+
+def show_refusal(text: str) -> None:
+    """An action that was not done, and why (with the grant to ask for)."""
+    _display({"text/html": f'<div class="rb-refusal" style="color:#c62828">{html.escape(text)}'
+                           "</div>", "text/plain": text})
+
+
+def show_widget(widget: Any) -> None:
+    """An ipywidgets widget, into the section being drawn when there is one."""
+    _display({"application/vnd.jupyter.widget-view+json": {
+        "model_id": widget.model_id, "version_major": 2, "version_minor": 0},
+        "text/plain": repr(widget)})
+
+
+def status_color(status: str) -> str:
+    """A run's status or a finding's severity as its colour; could not run is as red as
+    critical."""
+    return _COLORS.get(status, _COLORS["critical"] if status == "could not run" else "#555")
+
+
+class Progress:
+    """A progress bar for a long step (a log scan) where a person is there; elsewhere a no-op
+    that costs nothing, so the step calls it unconditionally."""
+
+    def __init__(self, label: str, total: float) -> None:
+        self.bar: Any = None
+        if total <= 0 or not interactive():
+            return
+        import ipywidgets as w
+
+        self.bar = w.FloatProgress(value=0, min=0, max=float(total), description=label,
+                                   style={"description_width": "initial"})
+        show_widget(self.bar)
+
+    def update(self, done: float) -> None:
+        if self.bar is not None:
+            self.bar.value = min(float(done), self.bar.max)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.value = self.bar.max
+            self.bar.bar_style = "success"
+
+
+_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def findings_table_html(findings: list[Finding], skipped: int = 0, errors: int = 0) -> str:
+    """The findings as one compact table, worst first: severity, title, Next; the detail and
+    the evidence open from the title. Escaped like everything else."""
+    e = html.escape
+    if not findings:
+        body = '<tr><td colspan="3"><i>no findings yet</i></td></tr>'
+    else:
+        rows = []
+        order = sorted(range(len(findings)), key=lambda i: (_RANK.get(findings[i].severity, 3), i))
+        for i in order:
+            f = findings[i]
+            color = _COLORS.get(f.severity, "#555")
+            inner = (f"<div>{e(f.detail)}</div>" if f.detail else "")
+            if f.evidence:
+                import pandas as pd
+
+                inner += table_html(pd.DataFrame(f.evidence), max_rows=20)
+            title = (f"<details><summary>{e(f.title)}</summary>{inner}</details>" if inner
+                     else e(f.title))
+            rows.append(
+                f'<tr class="rb-row rb-{e(f.severity)}"><td><span style="background:{color};'
+                'color:#fff;border-radius:3px;padding:1px 6px;font-size:85%">'
+                f"{e(f.severity)}</span></td><td>{title}</td><td>{e(f.remediation)}</td></tr>")
+        body = "".join(rows)
+    tail = []
+    if skipped:
+        tail.append(f"{skipped} checks skipped")
+    if errors:
+        tail.append(f"{errors} steps failed")
+    foot = f'<p style="color:#666">{e("; ".join(tail))}</p>' if tail else ""
+    return ('<div class="rb-scroll" style="overflow-x:auto;max-width:100%">'
+            '<table class="rb-findings-table" style="border-collapse:collapse;width:100%">'
+            "<thead><tr><th>severity</th><th>finding</th><th>Next</th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div>{foot}")
 
 
 def script_json(value: Any) -> str:

@@ -211,6 +211,7 @@ class RunbookSpec:
     # sample the server wait for it, so they do not report its load as the application's
     loads_source_until: str = ""
     on_stop: str = ""  # "module:function" called with the parameters when a run is stopped
+    live: bool = False  # its notebook shows the live views (rb.live()) after the start cell
 
     def stopped(self, params: dict[str, Any]) -> None:
         """The clean-up of a stopped run (ON_STOP), if it declares one."""

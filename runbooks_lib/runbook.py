@@ -23,6 +23,8 @@ from .session import Session, Timeouts
 from .target import DEFAULT_TARGET, Target, mask_text, resolve
 
 if TYPE_CHECKING:
+    from .live import LiveView
+    from .panel import Panel
     from .registry import RunbookSpec
 
 log = logging.getLogger("runbooks_lib")
@@ -88,6 +90,7 @@ class Runbook:
         self.unavailable: str | None = None  # why there is no session, once we know
         self.snapshots: dict[str, Any] = {}  # probe name -> snapshot (or the SkipStep it raised)
         self.params: dict[str, Any] = {}
+        self.confirmations: list[Any] = []  # actions waiting for a typed confirmation
         path = Path(findings_path) if findings_path else None
         self.report = Report(runbook=name, target=mask_text(target or DEFAULT_TARGET), path=path)
         try:
@@ -131,11 +134,20 @@ class Runbook:
             rb.params = P.from_namespace(registry.parameters(rb.spec), namespace)
         except P.UsageError as exc:
             rb.error("parameters", str(exc))
-        rb.report.window = {k: rb.params[k] for k in WINDOW_PARAMS
-                            if rb.params.get(k) not in (None, "")}
+        rb.report.window = rb.window()
+        if rb.params and present.interactive():  # a person in JupyterLab: the control panel
+            from .panel import Panel
+
+            rb.panel = Panel(rb)
+            present.show_widget(rb.panel.box)
         return rb
 
     spec: RunbookSpec | None = None
+    panel: Panel | None = None  # only when a person is there (present.interactive())
+    live_view: LiveView | None = None
+
+    def window(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in WINDOW_PARAMS if self.params.get(k) not in (None, "")}
 
     @property
     def secrets(self) -> list[str]:
@@ -262,9 +274,19 @@ class Runbook:
         return self.add(found)
 
     def step(self, key: str) -> None:
-        """Every check of the runbook's step KEY, in order (one notebook cell)."""
+        """Every check of the runbook's step KEY, in order (one notebook cell); with the panel,
+        drawn into the step's section, which Run redraws in place."""
         if self.spec is None or self.report.errors and self.report.errors[0].step == "parameters":
             return
+        if self.panel is None:
+            self._step(key)
+            return
+        with self.panel.section(key):
+            self._step(key)
+        self.panel.update()
+
+    def _step(self, key: str) -> None:
+        assert self.spec is not None
         if not self.report.steps_done:  # in a nightly run beside a drill's backup: after it
             from .parallel import wait_for_go
 
@@ -273,6 +295,38 @@ class Runbook:
             self.check(check_id)
         self.report.steps_done.append(key)
         self.report.write()
+
+    def rerun(self, params: dict[str, Any]) -> None:
+        """The probes and checks again with PARAMS, in this kernel: a new connection, new
+        snapshots, a new report (written to the same findings path), and the steps run so far
+        run again in order (the panel redraws each in place)."""
+        if self.spec is None or self.target is None:
+            return  # nothing can run: the reason is already in the report
+        self.close()
+        self.snapshots.clear()
+        self.unavailable = None
+        self.params = params
+        drawn = set(self.panel.sections) if self.panel is not None else set(self.report.steps_done)
+        self.report = Report(runbook=self.name, target=self.report.target, path=self.report.path,
+                             window=self.window())
+        for s in self.spec.steps:
+            if s.key in drawn:
+                self.step(s.key)
+        self.close()
+        self.report.write()
+
+    def live(self) -> None:
+        """Live views (connections, blocking tree, load) with Refresh and auto-refresh, for a
+        person in JupyterLab; a headless run shows nothing here."""
+        if self.target is None or not present.interactive():
+            return
+        from .live import LiveView
+
+        if self.live_view is not None:
+            self.live_view.close()
+        self.live_view = LiveView(self.target, self.timeouts, self.name)
+        present.show_widget(self.live_view.box)
+        self.live_view.refresh()
 
     def run_all(self) -> dict[str, Any]:
         """Every step, then the verdict: the notebook without the notebook."""
@@ -291,6 +345,7 @@ class Runbook:
         self.report.findings.extend(batch)
         self.report.write()
         present.show_findings(batch, first)
+        self._changed()
         return batch
 
     def skip(self, check: str, reason: str) -> None:
@@ -298,11 +353,17 @@ class Runbook:
         self.report.skipped.append(s)
         self.report.write()
         present.show_skipped(s)
+        self._changed()
 
     def error(self, step: str, message: str) -> None:
         self.report.errors.append(StepError(step, self.mask(message)))
         self.report.write()
         present.show_error(step, self.mask(message))
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.panel is not None:
+            self.panel.update()
 
     def finish(self) -> dict[str, Any]:
         """Close the session, write the JSON one last time and show the verdict."""

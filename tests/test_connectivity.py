@@ -230,4 +230,4 @@ def test_a_role_that_may_not_signal_is_refused_with_the_missing_privilege(
     assert f.severity == "warning" and "refused" in f.title
     assert "pg_signal_backend" in f.detail and "pg_monitor" not in f.detail
     (line,) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert line["decision"] == "failed" and "pg_signal_backend" in line["result"]
+    assert line["decision"] == "refused" and "pg_signal_backend" in line["result"]

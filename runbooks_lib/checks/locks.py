@@ -242,7 +242,9 @@ def blocker_plan(rb: Runbook, p: Params) -> Plan:
     params = {"pids": pids, "mode": mode, "dry_run": True}
     preview = rb.session.frame(sql, params)
     return Plan(action=mode, description=f"root blockers whose waiters waited >= {min_wait:g} s",
-                preview=preview, sql=sql, params={**params, "dry_run": False}, notes=notes)
+                preview=preview, sql=sql, params={**params, "dry_run": False}, notes=notes,
+                confirm=", ".join(str(int(x)) for x in preview["pid"]) if "pid" in preview
+                else "")
 
 
 register_probe(Probe("blocker_plan", blocker_plan, "Root blockers to signal, previewed.",

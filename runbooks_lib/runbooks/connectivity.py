@@ -23,4 +23,5 @@ SPEC = register_runbook(RunbookSpec(
     params=CONNECTION,
     modules=("shared", "connectivity"),
     tail=RECORDING,
+    live=True,
 ))

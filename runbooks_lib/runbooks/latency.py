@@ -26,4 +26,5 @@ SPEC = register_runbook(RunbookSpec(
     params=CONNECTION,
     modules=("shared", "statements", "locks", "catalog", "plans"),
     tail=RECORDING,
+    live=True,
 ))

@@ -1,0 +1,139 @@
+"""The control panel at the top of a runbook opened in JupyterLab: the target (masked), the
+runbook's declared parameters as controls with their units and allowed ranges, a Run button that
+runs the probes and checks again in the same kernel and redraws every section in place, the
+steps' progress, and the findings as one compact colour-coded table.
+
+Generated from the registry's declarations: a parameter declared for a check appears here with
+no code of its own. Headless runs never build it (`present.interactive()`).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from . import params as P
+from . import present
+from .registry import Param, parameters
+
+if TYPE_CHECKING:
+    from .runbook import Runbook
+
+# the connection and recording parameters stay in the parameters cell: a DSN typed into a
+# widget would be stored with the notebook's widget state
+LEFT_OUT = {p.name for p in (*P.CONNECTION, *P.RECORDING)}
+UNBOUNDED = 1e15
+
+
+def control(p: Param, value: Any) -> Any:
+    """The widget for parameter P, holding VALUE: its unit in the label, its range enforced,
+    its help and allowed values in the tooltip."""
+    import ipywidgets as w
+
+    label = p.name + (f" ({p.unit})" if p.unit else "")
+    common: dict[str, Any] = {"description": label, "tooltip": f"{p.help} ({p.allowed()})",
+                              "style": {"description_width": "initial"},
+                              "layout": w.Layout(width="auto")}
+    if p.kind is bool:
+        return w.Checkbox(value=bool(value), indent=False, **common)
+    if p.choices:
+        return w.Dropdown(options=list(p.choices), value=value, **common)
+    if p.kind in (int, float):
+        low = p.low if p.low is not None else -UNBOUNDED
+        high = p.high if p.high is not None else UNBOUNDED
+        if p.kind is int:
+            return w.BoundedIntText(value=int(value), min=int(max(low, -2**53)),
+                                    max=int(min(high, 2**53)), **common)
+        return w.BoundedFloatText(value=float(value), min=low, max=high, step=None, **common)
+    return w.Text(value=str(value), **common)
+
+
+class Panel:
+    """The widgets of one runbook's panel and the sections (one Output per step) it redraws."""
+
+    def __init__(self, rb: Runbook) -> None:
+        import ipywidgets as w
+
+        assert rb.spec is not None
+        self.rb = rb
+        self.sections: dict[str, Any] = {}  # step key -> ipywidgets Output
+        self.controls = {p.name: control(p, rb.params.get(p.name, p.default))
+                         for p in parameters(rb.spec) if p.name not in LEFT_OUT}
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play",
+                                   tooltip="run the probes and checks again with these values")
+        self.run_button.on_click(lambda _: self.run())
+        self.status = w.HTML()
+        self.progress = w.IntProgress(value=0, min=0, max=len(rb.spec.steps),
+                                      description="steps", layout=w.Layout(width="260px"))
+        self.findings = w.HTML().add_class("rb-findings")
+        server = rb.report.server_version or "not connected yet"
+        self.header = w.HTML(
+            f"<b>{html.escape(rb.name)}: {html.escape(rb.spec.title)}</b> &middot; target "
+            f"<code>{html.escape(rb.report.target)}</code>")
+        self.server = w.HTML(f"server: {html.escape(server)}")
+        grid = w.GridBox(list(self.controls.values()), layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(300px, 1fr))", grid_gap="2px 12px"))
+        settings = w.Accordion(children=[grid], titles=("parameters",))
+        settings.selected_index = None
+        self.box = w.VBox([self.header, self.server, settings,
+                           w.HBox([self.run_button, self.progress, self.status]),
+                           self.findings]).add_class("rb-panel")
+        self.update()
+
+    def values(self) -> dict[str, Any]:
+        return {name: c.value for name, c in self.controls.items()}
+
+    def run(self) -> None:
+        """Run again with the panel's values: every section drawn so far is redrawn in place;
+        a value the registry refuses is said and nothing runs."""
+        assert self.rb.spec is not None
+        try:
+            given = P.from_namespace(parameters(self.rb.spec), {**self.rb.params, **self.values()})
+        except P.UsageError as exc:
+            self.status.value = f'<span style="color:#c62828">{html.escape(str(exc))}</span>'
+            return
+        self.run_button.disabled = True
+        self.status.value = "running..."
+        started = time.monotonic()
+        try:
+            self.rb.rerun(given)
+        finally:
+            self.run_button.disabled = False
+        self.update(f"ran again in {time.monotonic() - started:.1f} s at {time.strftime('%H:%M:%S')}")
+
+    @contextmanager
+    def section(self, key: str) -> Iterator[None]:
+        """Draw step KEY into its section: shown in the step's cell the first time, emptied and
+        redrawn in place afterwards."""
+        import ipywidgets as w
+
+        out = self.sections.get(key)
+        if out is None:
+            out = self.sections[key] = w.Output()
+            present.show_widget(out)
+        else:
+            out.outputs = ()
+        assert self.rb.spec is not None
+        done = [s.key for s in self.rb.spec.steps].index(key)
+        self.progress.value = done
+        self.progress.description = f"step {done + 1}/{len(self.rb.spec.steps)}"
+        with present.into(out):
+            yield
+
+    def update(self, note: str = "") -> None:
+        """The findings table, the status line and the steps' progress, from the report."""
+        assert self.rb.spec is not None
+        report = self.rb.report
+        self.findings.value = present.findings_table_html(report.findings, len(report.skipped),
+                                                          len(report.errors))
+        total = len(self.rb.spec.steps)
+        self.progress.value = len(report.steps_done)
+        self.progress.description = f"{len(report.steps_done)}/{total} steps"
+        if report.server_version:
+            self.server.value = f"server: {html.escape(report.server_version)}"
+        color = present.status_color(report.status)
+        self.status.value = (f'status <b style="color:{color}">{html.escape(report.status)}</b>'
+                             + (f" &middot; {html.escape(note)}" if note else ""))
