@@ -118,6 +118,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _run_options(args: argparse.Namespace) -> outputs.Options:
+    """The checks and options `run` and `fleet run` share: limits, metrics file, webhook."""
+    for flag, value in (("--timeout", args.timeout), ("--runbook-timeout", args.runbook_timeout),
+                        ("--jobs", args.jobs)):
+        if value <= 0:
+            raise UsageError(f"{flag} {value}: give a number above 0")
+    if args.metrics_file:
+        metrics_file = Path(args.metrics_file)
+        if metrics_file.is_dir():
+            raise UsageError(f"--metrics-file {metrics_file} is a directory: give a file path "
+                             "such as /var/lib/node_exporter/textfile/pg_runbooks.prom")
+        if not metrics_file.parent.resolve().is_dir() or \
+                not os.access(metrics_file.parent.resolve(), os.W_OK):
+            raise UsageError(f"--metrics-file {metrics_file}: {metrics_file.parent} is not a "
+                             "directory this user may write (node_exporter's textfile "
+                             "directory must exist already)")
+    webhook = args.alert_webhook or os.environ.get("ALERT_WEBHOOK_URL", "")
+    if webhook and not webhook.startswith(("http://", "https://")):
+        given = "--alert-webhook" if args.alert_webhook else "ALERT_WEBHOOK_URL"
+        raise UsageError(f"{given}: give an http:// or https:// URL")
+    return outputs.Options(jobs=args.jobs, cell_timeout_s=args.timeout,
+                           runbook_timeout_s=args.runbook_timeout,
+                           metrics_file=Path(args.metrics_file).resolve() if args.metrics_file
+                           else None, alert_webhook=webhook, alert_least=args.alert_severity)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from . import fleet, fleet_report, report, sweep
+
+    spec = fleet.load(Path(args.fleet_file))
+    if args.action == "check":
+        print(f"{args.fleet_file}: {len(spec.targets)} targets, runbooks "
+              f"{', '.join(spec.runbooks)}")
+        return 0
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a directory")
+    if args.scheduler and "://" not in args.scheduler:
+        raise UsageError(f"--scheduler {args.scheduler}: give the scheduler's address, such as "
+                         "tcp://scheduler:8786")
+    opts = _run_options(args)
+    try:
+        code, summary = sweep.run(spec, Path(args.out) if args.out else None,
+                                  _params(args.param), opts, args.scheduler, args.notebooks,
+                                  args.quiet, args.verbose)
+    except report.Interrupted as exc:
+        fleet_report.console(exc.summary, quiet=False)
+        raise
+    fleet_report.console(summary, args.quiet)
+    return code
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from . import trend
 
@@ -222,6 +273,36 @@ def parser() -> argparse.ArgumentParser:
                    help="runs kept under the reports root (the --out directory's parent); "
                    "0 keeps all")
     r.set_defaults(fn=cmd_run)
+
+    f = sub.add_parser("fleet", help="the runbooks on many targets at once, on Dask")
+    f.add_argument("action", choices=["run", "check"],
+                   help="run: sweep every target; check: only validate the fleet file")
+    f.add_argument("fleet_file", metavar="FLEET.yaml",
+                   help="targets (name, env:VAR or service:NAME, tags, params) and runbooks")
+    f.add_argument("--out", help="output directory (default reports/fleet-<UTC timestamp>/)")
+    f.add_argument("--scheduler", default="", metavar="ADDRESS",
+                   help="a Dask scheduler, such as tcp://scheduler:8786 (default: a local "
+                   "cluster in this process)")
+    f.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter for every target, over the fleet file's (repeatable)")
+    f.add_argument("--notebooks", choices=["all", "info", "warning", "critical", "none"],
+                   default="warning", help="render the executed notebooks of the targets whose "
+                   "status is at least this (default warning)")
+    f.add_argument("--jobs", type=int, default=4 * (os.cpu_count() or 2),
+                   help="targets swept at once (default: 4 per core); one connection each")
+    f.add_argument("--timeout", type=int, default=600, help="seconds a notebook cell may run")
+    f.add_argument("--runbook-timeout", type=float, default=900,
+                   help="seconds a runbook may run on a target before it is stopped")
+    f.add_argument("--quiet", action="store_true",
+                   help="print nothing unless the status is at least warning (for cron)")
+    f.add_argument("--metrics-file", metavar="PATH",
+                   help="also write the metrics to this stable path, atomically")
+    f.add_argument("--alert-webhook", metavar="URL",
+                   help="post one Slack-compatible alert per target here (default "
+                   "$ALERT_WEBHOOK_URL)")
+    f.add_argument("--alert-severity", choices=["info", "warning", "critical"],
+                   default="warning", help="the target status that sends its alert")
+    f.set_defaults(fn=cmd_fleet)
 
     h = sub.add_parser("history", help="status, key figures and new or gone findings across runs")
     h.add_argument("--root", default="reports", help="the reports root (default reports)")

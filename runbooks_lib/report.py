@@ -126,8 +126,10 @@ def _failed_step(exc: BaseException, nb_path: Path, secrets: list[str]) -> StepE
 
 
 def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: list[str],
-            timeout_s: int, target_shown: str, control: parallel.Control | None = None
-            ) -> Outcome:
+            timeout_s: int, target_shown: str, control: parallel.Control | None = None,
+            plotly_src: str | None = None) -> Outcome:
+    """Runbook NAME's notebook executed into OUT, its HTML and findings JSON written whatever
+    happened; PLOTLY_SRC is where its page finds plotly.js (default: written into OUT)."""
     started = time.monotonic()
     if control is not None:
         control.begin(name)
@@ -163,16 +165,42 @@ def run_one(name: str, path: Path, out: Path, params: dict[str, Any], secrets: l
     write_json(findings_path, data)
     try:
         nb = notebooks.sanitize(nb_out, secrets) if nb_out.exists() else {"cells": []}
-        write_text(html_out, page.render(nb, data, page.write_assets(out)))
+        write_text(html_out, page.render(nb, data, plotly_src or page.write_assets(out)))
     except Exception as exc:  # noqa: BLE001 - the JSON must still say what happened
         data["errors"].append({"step": "html", "message": mask_text(str(exc), *secrets)})
         data["status"] = COULD_NOT_RUN
         write_json(findings_path, data)
+    return outcome(name, data)
+
+
+def outcome(name: str, data: dict[str, Any]) -> Outcome:
+    """The runner's record of runbook NAME from its findings JSON DATA (its files named as in
+    the single-target layout)."""
     counts = stories.counts(data["findings"])
     counts["skipped"] = len(data.get("skipped", []))
     return Outcome(name, data["status"], exit_code(data["status"]), data["duration_s"], counts,
-                   data["errors"], {"notebook": nb_out.name, "html": html_out.name,
-                                    "findings": findings_path.name}, data["findings"])
+                   data["errors"], {"notebook": f"{name}.ipynb", "html": f"{name}.html",
+                                    "findings": f"{name}.findings.json"}, data["findings"])
+
+
+def summary_of(outcomes: list[Outcome], started: dt.datetime, shown: str, label: str,
+               out: Path) -> dict[str, Any]:
+    """summary.json of one target's run (DESIGN.md section 3): its status is the worst of its
+    runbooks', could not run when one could not."""
+    return {
+        "started_at": iso(started),
+        "finished_at": iso(dt.datetime.now(dt.UTC)),
+        "target": shown,
+        "target_label": label,
+        "out_dir": str(out),
+        "status": status_of([o.status for o in outcomes if o.status != COULD_NOT_RUN],
+                            sum(o.status == COULD_NOT_RUN for o in outcomes)),
+        "exit_code": max((o.exit_code for o in outcomes), default=0),
+        "runbooks": [{"name": o.name, "status": o.status, "exit_code": o.exit_code,
+                      "duration_s": o.duration_s, "findings": o.counts,
+                      "skipped": o.counts["skipped"], "errors": o.errors,
+                      "files": o.files} for o in outcomes],
+    }
 
 
 class Interrupted(KeyboardInterrupt):
@@ -191,7 +219,7 @@ def _password(spec: str) -> str:
         return ""
 
 
-def _described(spec: str) -> tuple[str, str]:
+def described(spec: str) -> tuple[str, str]:
     """The target as shown (masked) and its label for metrics and history, resolved once."""
     try:
         target = resolve(spec)
@@ -259,7 +287,7 @@ def run(names: list[str], target: str, out: Path | None = None,
         safe, env = hide_secrets(typed)
         secrets = [_password(v) for k, v in typed.items()
                    if (k in SECRET_PARAMS or k.endswith("_target")) and isinstance(v, str)]
-        shown, label = _described(str(typed["target"]))
+        shown, label = described(str(typed["target"]))
         started = dt.datetime.now(dt.UTC)
         with _environ({**env, "RUNBOOKS_HEADLESS": "1"}):
             books = notebooks.available()
@@ -271,21 +299,8 @@ def run(names: list[str], target: str, out: Path | None = None,
             outcomes, interrupted = parallel.run(names, out, safe, typed, start,
                                                  opts.cell_timeout_s, opts.runbook_timeout_s,
                                                  opts.jobs)
-        code = max((o.exit_code for o in outcomes), default=0)
-        summary = {
-            "started_at": iso(started),
-            "finished_at": iso(dt.datetime.now(dt.UTC)),
-            "target": shown,
-            "target_label": label,
-            "out_dir": str(out),
-            "status": status_of([o.status for o in outcomes if o.status != COULD_NOT_RUN],
-                                sum(o.status == COULD_NOT_RUN for o in outcomes)),
-            "exit_code": code,
-            "runbooks": [{"name": o.name, "status": o.status, "exit_code": o.exit_code,
-                          "duration_s": o.duration_s, "findings": o.counts,
-                          "skipped": o.counts["skipped"], "errors": o.errors,
-                          "files": o.files} for o in outcomes],
-        }
+        summary = summary_of(outcomes, started, shown, label, out)
+        code = int(summary["exit_code"])
         if interrupted:
             summary["interrupted"] = True
         outputs.finish(out, summary, opts, secrets, interrupted)
