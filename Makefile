@@ -81,6 +81,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/restore_drill.py
 	$(BIN)/python benchmarks/nightly.py --alone
 	$(BIN)/python benchmarks/nightly.py --alone --jobs 4
+	$(BIN)/python benchmarks/fleet.py
 	if [ -x $(PG15_BINDIR)/postgres ]; then \
 	  $(BIN)/python benchmarks/restore_drill.py --bindir $(PG15_BINDIR) --parts plain,drill,pgbackrest; \
 	else echo "restore_drill against pgBackRest: $(PG15_BINDIR) not installed (Debian's pgBackRest 2.45 reads up to 15), left out"; fi

@@ -6,12 +6,12 @@ kept in git and handed to schedulers, so a password or a DSN in it is refused, n
 
 >>> fleet = parse('''
 ... runbooks: [connectivity]
-... params: {sample_seconds: 2}
+... params: {connect_attempts: 2}
 ... targets:
 ...   - {name: app-1, target: "env:APP1_URL", tags: [prod]}
 ... ''')
->>> fleet.targets[0].name, fleet.targets[0].params["sample_seconds"], fleet.runbooks
-('app-1', 2.0, ['connectivity'])
+>>> fleet.targets[0].name, fleet.targets[0].params["connect_attempts"], fleet.runbooks
+('app-1', 2, ['connectivity'])
 >>> parse('targets:\\n  - {name: a, target: "postgresql://u:pw@h/db"}', "f.yaml")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...

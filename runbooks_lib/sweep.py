@@ -308,7 +308,7 @@ def execute(c: Client, tasks: list[Task], runbooks: list[str], limits: Limits, j
     waiting = iter(tasks)
     names: dict[str, str] = {}  # future key -> target name
     results: dict[str, TargetResult] = {}
-    futures: list[Future[TargetResult]] = []
+    futures: set[Future[TargetResult]] = set()  # in flight (a result is released once read)
 
     def submit() -> Future[TargetResult] | None:
         task = next(waiting, None)
@@ -318,7 +318,7 @@ def execute(c: Client, tasks: list[Task], runbooks: list[str], limits: Limits, j
             run_target, task.name, task.spec, runbooks, task.params, limits,
             key=f"runbooks-target-{task.name}-{token}", pure=False, retries=1)
         names[str(f.key)] = task.name
-        futures.append(f)
+        futures.add(f)
         return f
 
     interrupted = False
@@ -333,13 +333,15 @@ def execute(c: Client, tasks: list[Task], runbooks: list[str], limits: Limits, j
             except Exception as exc:  # noqa: BLE001 - the worker died twice: that target's failure
                 results[name] = lost(name, runbooks, mask_text(
                     f"its task failed on the cluster: {type(exc).__name__}: {exc}")[:500])
+            futures.discard(f)
+            f.release()  # the worker drops its copy: memory stays flat over a long fleet
             bar.update(1)
             more = submit()
             if more is not None:
                 done.add(more)
     except KeyboardInterrupt:
         interrupted = True
-        c.cancel(futures)
+        c.cancel(list(futures))
     finally:
         bar.close()
     for task in tasks:

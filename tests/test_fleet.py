@@ -70,7 +70,7 @@ def fleet_env(sandbox: Sandbox, databases: list[str], tmp_path_factory: pytest.T
     staged for the module's tests."""
     env: dict[str, str] = {}
     lines = ["runbooks: [connectivity, latency, transaction_failures]",
-             "params:", "  sample_seconds: 0.5", "targets:"]
+             "params:", "  sample_seconds: 0.5", "  log_max_mb: 1", "  since: 10m", "targets:"]
     for i, db in enumerate(databases):
         env[f"FLEET_DB{i:02d}"] = sandbox.url("postgres", db)
         lines.append(f"  - name: db{i:02d}\n    target: env:FLEET_DB{i:02d}\n    tags: [sandbox]")
@@ -155,8 +155,8 @@ def local_run(sandbox: Sandbox, fleet_env: tuple[Path, dict[str, str]],
     sampler = Sampler(sandbox)
     t0 = time.monotonic()
     try:
-        done = run_cli("fleet", "run", str(path), "--out", str(out), "--jobs", "6", env=env,
-                       timeout=240)
+        done = run_cli("fleet", "run", str(path), "--out", str(out), "--jobs", "6",
+                       "--notebooks", "critical", env=env, timeout=240)
     finally:
         sampler.close()
     return out, done, sampler, time.monotonic() - t0
@@ -189,13 +189,14 @@ def test_fleet_reports_each_target_with_one_connection_each(
     by = {t["name"]: t for t in summary["targets"]}
     assert by["down"]["retried"] == ["connectivity"]  # one retry of a refused connection
     assert by["badpw"]["retried"] == []  # a wrong password is no transient failure
-    for name in (DUPLICATE, "down"):
-        assert by[name]["rendered"] and (out / name / "latency.ipynb").exists()
+    for name in (DUPLICATE, "down"):  # --notebooks critical: the down target's only
+        assert by[name]["rendered"] == (name == "down")
+        assert (out / name / "latency.ipynb").exists() == (name == "down")
+        assert (out / name / "latency.html").exists()
         target_summary = json.loads((out / name / "summary.json").read_text())
         assert [b["name"] for b in target_summary["runbooks"]] == DIAGNOSTIC
         assert target_summary["exit_code"] == (1 if name == DUPLICATE else 2)
-    assert not by["db00"]["rendered"] and not (out / "db00" / "latency.ipynb").exists()
-    assert (out / "db00" / "latency.html").exists()
+    assert (out / "plotly.min.js").exists()  # one copy for every rendered page
     index = (out / "index.html").read_text()
     assert index.count("<tr>") == N + 3 and 'href="db05/latency.html"' in index
     metrics = (out / "metrics.prom").read_text()
@@ -227,8 +228,8 @@ def test_the_same_fleet_on_a_dask_scheduler_and_two_workers(
         procs.append(_start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
                              "--no-dashboard", "--scheduler-file", str(scheduler_file)],
                             full, tmp_path / "scheduler.log"))
-        address = retry(lambda: scheduler_file.exists() and json.loads(
-            scheduler_file.read_text())["address"], timeout=60)
+        address = str(retry(lambda: scheduler_file.exists() and json.loads(
+            scheduler_file.read_text())["address"], timeout=60))
         for n in range(2):
             procs.append(_start([dask, "worker", address, "--nthreads", "3", "--nworkers", "1",
                                  "--no-dashboard", "--name", f"w{n}", "--local-directory",
@@ -300,3 +301,16 @@ def test_the_cli_refuses_a_bad_fleet_file_before_anything_runs(tmp_path: Path) -
 
 def test_notebooks_threshold() -> None:
     assert [sweep.due(s, "critical") for s in ("warning", "critical")] == [False, True]
+
+
+def test_a_runbook_past_its_time_limit_is_stopped_and_could_not_run(
+        quiet: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ONE", quiet.url("postgres"))
+    t0 = time.monotonic()
+    data, transient = sweep.in_process("latency", "env:FLEET_ONE", {"sample_seconds": 3.0},
+                                       tmp_path / "latency.findings.json", 600, 1.0)
+    assert time.monotonic() - t0 < 10
+    assert data["status"] == "could not run" and transient == ""
+    assert [e["step"] for e in data["errors"]] == ["timeout"]
+    assert "stopped after 1 s" in data["errors"][0]["message"]
+    assert data["steps_done"] and "plans" not in data["steps_done"]  # stopped between steps
