@@ -153,7 +153,9 @@ def main() -> int:
                 "runbook_s_last_10": {b: median_of(last, b) for b in DIAGNOSTIC},
                 "targets": n, "wall_s": round(wall, 1), "per_target_s": round(wall / n, 2),
                 "exit": code, "statuses": {k: v for k, v in summary["counts"].items() if v},
-                "rendered": sum(t["rendered"] for t in summary["targets"]), **seen})
+                "rendered": sum(t["rendered"] for t in summary["targets"]),
+                "server_log_mb": round(sum(f.stat().st_size for f in sb.log_dir.rglob("*")
+                                           if f.is_file()) / 2**20, 1), **seen})
         loop_n = min(args.loop_targets, args.targets)
         t0 = time.perf_counter()
         loop_seen: list[dict[str, Any]] = []
