@@ -186,16 +186,20 @@ def status_color(status: str) -> str:
 
 
 class Progress:
-    """A progress bar for a long step (a log scan) where a person is there; elsewhere a no-op
-    that costs nothing, so the step calls it unconditionally."""
+    """A progress bar for a long step (a log scan, a sampling window) where a person is there;
+    elsewhere a no-op, so a step reports its progress unconditionally. Made by the runbook
+    (`rb.progress(label)`) and handed to the code doing the work."""
 
-    def __init__(self, label: str, total: float) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
         self.bar: Any = None
+
+    def start(self, total: float) -> None:
         if total <= 0 or not interactive():
             return
         import ipywidgets as w
 
-        self.bar = w.FloatProgress(value=0, min=0, max=float(total), description=label,
+        self.bar = w.FloatProgress(value=0, min=0, max=float(total), description=self.label,
                                    style={"description_width": "initial"})
         show_widget(self.bar)
 

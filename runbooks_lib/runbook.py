@@ -328,6 +328,11 @@ class Runbook:
         present.show_widget(self.live_view.box)
         self.live_view.refresh()
 
+    def progress(self, label: str) -> present.Progress:
+        """A progress bar for a long part of a step, shown in the step's section where a
+        person is there."""
+        return present.Progress(label)
+
     def run_all(self) -> dict[str, Any]:
         """Every step, then the verdict: the notebook without the notebook."""
         if self.spec is not None:

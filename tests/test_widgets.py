@@ -250,7 +250,8 @@ def test_a_log_scan_shows_its_progress(kernel: Kernel, tmp_path: Path) -> None:
         "import ipywidgets as w\n"
         "from runbooks_lib import logs\n"
         "out = w.Output()\n"
-        f"with present.into(out):\n    scan = logs.scan_source(None, {str(log)!r}, None)\n"
+        f"with present.into(out):\n    scan = logs.scan_source(None, {str(log)!r}, None, "
+        "progress=present.Progress('reading the server log (MB)'))\n"
         "(b,) = [w.Widget.widgets[o['data'][" + repr(WIDGET) + "]['model_id']] for o in "
         "out.outputs]\n")
     bar = kernel.value("[b.description, b.value, b.max, b.bar_style, "

@@ -178,7 +178,8 @@ def log_durations(rb: Runbook, p: Params) -> Durations:
                        "durations; set it (0 logs every statement) or pass log_source")
     start = logs.parse_since(p["since"]) or w.start
     scan = logs.scan_source(s, source, start, p["log_line_prefix"], slow_ms=p["slow_query_ms"],
-                            errors=False, until=w.end)  # the same population as the window
+                            errors=False, until=w.end,  # the same population as the window
+                            progress=rb.progress("reading the server log (MB)"))
     calls = None if w.stmts_after is None else int(w.delta["calls"].sum())
     return Durations(scan, start, lmds, calls)
 
