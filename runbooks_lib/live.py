@@ -47,6 +47,7 @@ def by_application_and_state(sessions: pd.DataFrame) -> pd.DataFrame:
     table = sessions.pivot_table(index="application", columns="state", values="pid",
                                  aggfunc="count", fill_value=0)
     table["total"] = table.sum(axis=1)
+    table.columns.name = None
     return table.sort_values("total", ascending=False).reset_index()
 
 
@@ -162,6 +163,7 @@ class LiveView:
                           "y": [s.get(k, 0) for _, s in self.samples]} for k in kinds],
                 "layout": {"barmode": "stack", "height": 300,
                            "title": {"text": "active sessions by wait event type"},
+                           "xaxis": {"type": "category", "title": {"text": "refreshed at"}},
                            "yaxis": {"title": {"text": "sessions"}},
                            "margin": {"t": 40, "b": 40}}}
         self.load.outputs = ({"output_type": "display_data",

@@ -236,7 +236,7 @@ def findings_table_html(findings: list[Finding], skipped: int = 0, errors: int =
             title = (f"<details><summary>{e(f.title)}</summary>{inner}</details>" if inner
                      else e(f.title))
             rows.append(
-                f'<tr class="rb-row rb-{e(f.severity)}"><td><span style="background:{color};'
+                f'<tr class="rb-row rb-{e(f.severity)}" style="vertical-align:top"><td><span style="background:{color};'
                 'color:#fff;border-radius:3px;padding:1px 6px;font-size:85%">'
                 f"{e(f.severity)}</span></td><td>{title}</td><td>{e(f.remediation)}</td></tr>")
         body = "".join(rows)
@@ -248,6 +248,7 @@ def findings_table_html(findings: list[Finding], skipped: int = 0, errors: int =
     foot = f'<p style="color:#666">{e("; ".join(tail))}</p>' if tail else ""
     return ('<div class="rb-scroll" style="overflow-x:auto;max-width:100%">'
             '<table class="rb-findings-table" style="border-collapse:collapse;width:100%">'
+            '<colgroup><col style="width:6em"><col style="width:45%"><col></colgroup>'
             "<thead><tr><th>severity</th><th>finding</th><th>Next</th></tr></thead>"
             f"<tbody>{body}</tbody></table></div>{foot}")
 
