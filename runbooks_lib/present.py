@@ -236,8 +236,9 @@ def findings_table_html(findings: list[Finding], skipped: int = 0, errors: int =
             title = (f"<details><summary>{e(f.title)}</summary>{inner}</details>" if inner
                      else e(f.title))
             rows.append(
-                f'<tr class="rb-row rb-{e(f.severity)}" style="vertical-align:top"><td><span style="background:{color};'
-                'color:#fff;border-radius:3px;padding:1px 6px;font-size:85%">'
+                f'<tr class="rb-row rb-{e(f.severity)}" style="vertical-align:top"><td>'
+                f'<span style="background:{color};color:#fff;border-radius:3px;padding:1px 6px;'
+                'font-size:85%">'
                 f"{e(f.severity)}</span></td><td>{title}</td><td>{e(f.remediation)}</td></tr>")
         body = "".join(rows)
     tail = []
