@@ -233,7 +233,9 @@ def test_start_asked_for_other_binaries_says_so_and_restarts_on_them(
 
 def test_lab_binds_to_loopback_and_runs_as_root() -> None:
     proc = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True)
-    (jupyter,) = [line for line in proc.stdout.splitlines() if "jupyter lab" in line]
+    joined = proc.stdout.replace("\\\n", " ")  # the recipe's continued lines as one
+    (jupyter,) = [line for line in joined.splitlines() if "jupyter lab" in line]
     assert "--ip=127.0.0.1" in jupyter
     assert ("--allow-root" in jupyter) == (os.geteuid() == 0)
+    assert "JUPYTER_TOKEN=" in jupyter, "never without a token"
 
