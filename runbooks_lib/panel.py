@@ -25,12 +25,13 @@ if TYPE_CHECKING:
 # the connection and recording parameters stay in the parameters cell: a DSN typed into a
 # widget would be stored with the notebook's widget state
 LEFT_OUT = {p.name for p in (*P.CONNECTION, *P.RECORDING)}
-UNBOUNDED = 1e15
 
 
 def control(p: Param, value: Any) -> Any:
-    """The widget for parameter P, holding VALUE: its unit in the label, its range enforced,
-    its help and allowed values in the tooltip."""
+    """The widget for parameter P, holding VALUE: its unit in the label, its help and allowed
+    values in the tooltip. Numbers are not clamped as they are typed (a 5 silently becoming 1 is
+    worse than a refusal): Run checks every value against the declaration and says what is
+    wrong."""
     import ipywidgets as w
 
     label = p.name + (f" ({p.unit})" if p.unit else "")
@@ -41,13 +42,10 @@ def control(p: Param, value: Any) -> Any:
         return w.Checkbox(value=bool(value), indent=False, **common)
     if p.choices:
         return w.Dropdown(options=list(p.choices), value=value, **common)
-    if p.kind in (int, float):
-        low = p.low if p.low is not None else -UNBOUNDED
-        high = p.high if p.high is not None else UNBOUNDED
-        if p.kind is int:
-            return w.BoundedIntText(value=int(value), min=int(max(low, -2**53)),
-                                    max=int(min(high, 2**53)), **common)
-        return w.BoundedFloatText(value=float(value), min=low, max=high, step=None, **common)
+    if p.kind is int:
+        return w.IntText(value=int(value), **common)
+    if p.kind is float:
+        return w.FloatText(value=float(value), step=None, **common)
     return w.Text(value=str(value), **common)
 
 
@@ -93,7 +91,8 @@ class Panel:
         try:
             given = P.from_namespace(parameters(self.rb.spec), {**self.rb.params, **self.values()})
         except P.UsageError as exc:
-            self.status.value = f'<span style="color:#c62828">{html.escape(str(exc))}</span>'
+            self.status.value = (f'<span style="color:#c62828">not run: {html.escape(str(exc))}'
+                                 "</span>")
             return
         self.run_button.disabled = True
         self.status.value = "running..."
@@ -106,8 +105,8 @@ class Panel:
 
     @contextmanager
     def section(self, key: str) -> Iterator[None]:
-        """Draw step KEY into its section: shown in the step's cell the first time, emptied and
-        redrawn in place afterwards."""
+        """Draw step KEY (or the verdict) into its section: shown in its cell the first time,
+        emptied and redrawn in place afterwards."""
         import ipywidgets as w
 
         out = self.sections.get(key)
@@ -117,9 +116,10 @@ class Panel:
         else:
             out.outputs = ()
         assert self.rb.spec is not None
-        done = [s.key for s in self.rb.spec.steps].index(key)
-        self.progress.value = done
-        self.progress.description = f"step {done + 1}/{len(self.rb.spec.steps)}"
+        keys = [s.key for s in self.rb.spec.steps]
+        if key in keys:
+            self.progress.value = keys.index(key)
+            self.progress.description = f"step {keys.index(key) + 1}/{len(keys)}"
         with present.into(out):
             yield
 
@@ -127,13 +127,12 @@ class Panel:
         """The findings table, the status line and the steps' progress, from the report."""
         assert self.rb.spec is not None
         report = self.rb.report
-        self.findings.value = present.findings_table_html(report.findings, len(report.skipped),
-                                                          len(report.errors))
+        self.findings.value = present.findings_table_html(report.findings, report.skipped,
+                                                          report.errors)
         total = len(self.rb.spec.steps)
         self.progress.value = len(report.steps_done)
         self.progress.description = f"{len(report.steps_done)}/{total} steps"
         if report.server_version:
             self.server.value = f"server: {html.escape(report.server_version)}"
-        color = present.status_color(report.status)
-        self.status.value = (f'status <b style="color:{color}">{html.escape(report.status)}</b>'
-                             + (f" &middot; {html.escape(note)}" if note else ""))
+        self.status.value = present.status_html(report.status, len(report.skipped)) + (
+            f" &middot; {html.escape(note)}" if note else "")

@@ -312,8 +312,11 @@ class Runbook:
         for s in self.spec.steps:
             if s.key in drawn:
                 self.step(s.key)
-        self.close()
-        self.report.write()
+        if "verdict" in drawn:
+            self.finish()
+        else:
+            self.close()
+            self.report.write()
 
     def live(self) -> None:
         """Live views (connections, blocking tree, load) with Refresh and auto-refresh, for a
@@ -371,14 +374,21 @@ class Runbook:
             self.panel.update()
 
     def finish(self) -> dict[str, Any]:
-        """Close the session, write the JSON one last time and show the verdict."""
+        """Close the session, write the JSON one last time and show the verdict (with the
+        panel, into its own section, which Run redraws)."""
         self.close()
         self.report.write()
         data = self.report.to_dict()
         counts = {s: sum(1 for f in self.report.findings if f.severity == s)
                   for s in ("critical", "warning", "info")}
-        present.show_text(f"{self.name}: status {data['status']} "
-                          f"({counts['critical']} critical, {counts['warning']} warning, "
-                          f"{counts['info']} info, {len(self.report.skipped)} skipped, "
-                          f"{len(self.report.errors)} errors)")
+        text = (f"{self.name}: status {data['status']} "
+                f"({counts['critical']} critical, {counts['warning']} warning, "
+                f"{counts['info']} info, {len(self.report.skipped)} skipped, "
+                f"{len(self.report.errors)} errors)")
+        if self.panel is None:
+            present.show_text(text)
+            return data
+        with self.panel.section("verdict"):
+            present.show_text(text)
+        self.panel.update()
         return data

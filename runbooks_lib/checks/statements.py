@@ -19,7 +19,7 @@ from ..params import LOG_LINE_PREFIX, LOG_SOURCE
 from ..probes import catalog as _catalog  # noqa: F401 - registers the catalog probes
 from ..probes.window import Window
 from ..registry import Check, Param, Params, Probe, register, register_probe
-from ..sqltext import short
+from ..sqltext import ident, short
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -261,7 +261,7 @@ register(Check(
 def load(w: Window, p: Params) -> list[Finding]:
     if not w.sees_all:
         raise SkipStep(f"role {w.role} lacks pg_read_all_stats: other roles' sessions show no "
-                       f"state, so the load cannot be measured; GRANT pg_monitor TO {w.role}")
+                       f"state, so the load cannot be measured; GRANT pg_monitor TO {ident(w.role)}")
     samples, n = w.samples, max(1, w.n_samples)
     if samples.empty:
         return [Finding("load", "ok", "No active session while sampling",
