@@ -69,6 +69,9 @@ register(Check(
 
 # -- top statements ----------------------------------------------------------------------------
 
+CHEAP_MS = 1.0  # a statement faster than this per call dominates by its number of calls
+
+
 def top_queries(w: Window, p: Params) -> list[Finding]:
     if w.stmts_before is None:
         return [Finding("statements_setup", "warning",
@@ -90,8 +93,11 @@ def top_queries(w: Window, p: Params) -> list[Finding]:
             f"{busy:.2f} sessions busy on average",
             metric=Metric("query_time_share", round(float(r["time_share"]), 4), dominant),
             evidence=records(shown.loc[[r.name], SHOWN]),
-            remediation="look at its plan and the tables it scans (below); add the missing "
-                        "index or cache the result"))
+            remediation=(f"it is cheap per call ({r['mean_ms']:.2f} ms): fewer calls help more "
+                         "than an index; batch them (an N+1 loop?) or cache the result"
+                         if r["mean_ms"] < CHEAP_MS else
+                         "look at its plan and the tables it scans (below); add the missing "
+                         "index or cache the result")))
     for _, r in delta[delta["mean_ms"] > slow_ms].head(5).iterrows():
         found.append(Finding(
             "slow_query", "warning",
