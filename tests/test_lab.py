@@ -51,7 +51,7 @@ OUTPUT = ROOT / "tests" / "output"
 NOTEBOOK = "connectivity.ipynb"
 START_PAGE = "start_here.ipynb"  # the page `make lab` opens: the runbook is opened by its link
 PROBE = "widget_probe.ipynb"  # not a runbook: proves that widgets and plotly render at all
-VIEWPORT: ViewportSize = {"width": 1400, "height": 1800}  # tall: the notebook scrolls inside
+VIEWPORT: ViewportSize = {"width": 1400, "height": 2300}  # tall: the notebook scrolls inside
 WIDGETS_PLUGIN = "@jupyter-widgets/jupyterlab-manager:plugin"
 LAB_EXTENSIONS = ("@jupyter-widgets/jupyterlab-manager", "jupyterlab-plotly")
 
