@@ -70,7 +70,7 @@ def kernel(quiet: Sandbox, tmp_path: Path) -> Iterator[Kernel]:
     k = Kernel({"RB_MONITOR": quiet.url("monitor"), "RB_ADMIN": quiet.url("postgres"),
                 "PYTHONPATH": str(ROOT)}, tmp_path / "kernel")
     k.run(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-          "from runbooks_lib.runbook import Runbook\n"
+          "from runbooks_lib.lab import start\n"
           "from runbooks_lib import present\n"
           "def shown(out):\n"
           "    return '\\n'.join(str(o['data'].get('text/plain', '')) + str(o['data'].get("
@@ -83,7 +83,7 @@ def start(k: Kernel, tmp_path: Path, **params: Any) -> None:
     """The runbook's start cell and every step cell, as Run All would run them."""
     given = {"target": "env:RB_MONITOR", "findings_path": str(tmp_path / "c.findings.json"),
              "audit_log": str(tmp_path / "audit.jsonl"), **params}
-    k.run(f"rb = Runbook.start('connectivity', {given!r})\n"
+    k.run(f"rb = start('connectivity', {given!r})\n"
           "assert present.interactive() and rb.panel is not None\n"
           "for s in rb.spec.steps:\n"
           "    rb.step(s.key)\n"

@@ -1,26 +1,27 @@
-"""The control panel at the top of a runbook opened in JupyterLab: the target (masked), the
-runbook's declared parameters as controls with their units and allowed ranges, a Run button that
-runs the probes and checks again in the same kernel and redraws every section in place, the
-steps' progress, and the findings as one compact colour-coded table.
+"""A runbook opened in JupyterLab by a person: the control panel at the top (the target
+masked, the runbook's declared parameters as controls with their units and allowed values, a Run
+button that runs the probes and checks again in the same kernel and redraws every section in
+place, the steps' progress, the findings as one compact colour-coded table) and the live views.
 
-Generated from the registry's declarations: a parameter declared for a check appears here with
-no code of its own. Headless runs never build it (`present.interactive()`).
+The notebook's start cell calls `start()`: headless (`runbooks run`, papermill) it is the plain
+Runbook and nothing here is built; the findings are the same. The panel is generated from the
+registry's declarations: a parameter declared for a check appears with no code of its own.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 from . import params as P
 from . import present
+from .findings import Report
+from .live import LiveView
 from .registry import Param, parameters
-
-if TYPE_CHECKING:
-    from .runbook import Runbook
+from .runbook import Runbook
 
 # the connection and recording parameters stay in the parameters cell: a DSN typed into a
 # widget would be stored with the notebook's widget state
@@ -52,7 +53,7 @@ def control(p: Param, value: Any) -> Any:
 class Panel:
     """The widgets of one runbook's panel and the sections (one Output per step) it redraws."""
 
-    def __init__(self, rb: Runbook) -> None:
+    def __init__(self, rb: LabRunbook) -> None:
         import ipywidgets as w
 
         assert rb.spec is not None
@@ -136,3 +137,66 @@ class Panel:
             self.server.value = f"server: {html.escape(report.server_version)}"
         self.status.value = present.status_html(report.status, len(report.skipped)) + (
             f" &middot; {html.escape(note)}" if note else "")
+
+
+class LabRunbook(Runbook):
+    """The Runbook with the panel: each step drawn into a section the panel redraws, the
+    findings table kept up to date, the live views, and Run (`rerun`)."""
+
+    panel: Panel | None = None
+    live_view: LiveView | None = None
+
+    @classmethod
+    def start(cls, name: str, namespace: Mapping[str, Any]) -> Runbook:
+        rb = super().start(name, namespace)
+        assert isinstance(rb, LabRunbook)
+        if rb.params:  # parameters the registry refused: said by start, no panel to run
+            rb.panel = Panel(rb)
+            present.show_widget(rb.panel.box)
+        return rb
+
+    def section(self, key: str) -> AbstractContextManager[None]:
+        return self.panel.section(key) if self.panel is not None else nullcontext()
+
+    def changed(self) -> None:
+        if self.panel is not None:
+            self.panel.update()
+
+    def live(self) -> None:
+        if self.target is None:
+            return
+        if self.live_view is not None:
+            self.live_view.close()
+        self.live_view = LiveView(self.target, self.timeouts, self.name)
+        present.show_widget(self.live_view.box)
+        self.live_view.refresh()
+
+    def rerun(self, params: dict[str, Any]) -> None:
+        """The probes and checks again with PARAMS, in this kernel: a new connection, new
+        snapshots, a new report (written to the same findings path), and the steps drawn so far
+        run again in order, each redrawn in place, then the verdict."""
+        if self.spec is None or self.target is None or self.panel is None:
+            return  # nothing can run: the reason is already in the report
+        self.close()
+        self.snapshots.clear()
+        self.unavailable = None
+        self.params = params
+        drawn = set(self.panel.sections)
+        self.report = Report(runbook=self.name, target=self.report.target, path=self.report.path,
+                             window=self.window())
+        for s in self.spec.steps:
+            if s.key in drawn:
+                self.step(s.key)
+        if "verdict" in drawn:
+            self.finish()
+        else:
+            self.close()
+            self.report.write()
+
+
+def start(name: str, namespace: Mapping[str, Any]) -> Runbook:
+    """The run of runbook NAME (the notebook's start cell): with the panel and the live views
+    where a person is there, the plain Runbook headless."""
+    if present.interactive():
+        return LabRunbook.start(name, namespace)
+    return Runbook.start(name, namespace)
