@@ -31,6 +31,7 @@ from . import present, queries
 from .errors import ActionRefused, RunbookError
 from .findings import Finding, jsonable, records
 from .session import ServerFacts, Session
+from .sqltext import ident
 
 if TYPE_CHECKING:
     from .runbook import Runbook
@@ -88,7 +89,7 @@ def refusal(facts: ServerFacts, plan: Plan) -> str | None:
     if not others:
         return None
     return (f"role {facts.current_user} may not signal sessions of {', '.join(others)}: ask for "
-            f"GRANT pg_signal_backend TO {facts.current_user} (or superuser), or give "
+            f"GRANT pg_signal_backend TO {ident(facts.current_user)} (or superuser), or give "
             "admin_target; nothing was done")
 
 
@@ -146,9 +147,17 @@ def execute(rb: Runbook, plan: Plan) -> pd.DataFrame:
     return done
 
 
+def _refused(rb: Runbook, plan: Plan, reason: str) -> None:
+    """A refusal is a finding, in JupyterLab as headless: sessions were left alone."""
+    rb.add(Finding(f"action_{plan.action}", "warning",
+                   f"Action {plan.action} refused: {len(plan.preview)} sessions left alone",
+                   reason, evidence=records(plan.preview)))
+
+
 def run(rb: Runbook, plan: Plan, allow_actions: bool) -> pd.DataFrame | None:
     """Preview PLAN, then execute it only if allowed (and, with a person there, confirmed)."""
-    present.show_table(plan.preview, f"{plan.action} would affect ({plan.description})")
+    present.show_table(plan.preview.drop(columns=["signalled"], errors="ignore"),
+                       f"{plan.action} would affect ({plan.description})")
     if plan.preview.empty:
         audit(rb, plan, "nothing_to_do")
         return None
@@ -165,14 +174,12 @@ def run(rb: Runbook, plan: Plan, allow_actions: bool) -> pd.DataFrame | None:
         try:
             return execute(rb, plan)
         except ActionRefused as exc:
-            rb.add(Finding(f"action_{plan.action}", "warning",
-                           f"Action {plan.action} refused: {len(plan.preview)} sessions left "
-                           "alone", str(exc), evidence=records(plan.preview)))
+            _refused(rb, plan, str(exc))
             return None
     refused = refusal(rb.session.facts, plan) if rb.admin is None else None
     if refused:  # said before anyone types: the button could not work
         audit(rb, plan, "refused", refused)
-        present.show_refusal(f"{plan.action} not possible: {refused}")
+        _refused(rb, plan, refused)
         return None
     confirm = Confirm(rb, plan)
     rb.confirmations.append(confirm)
@@ -219,7 +226,9 @@ class Confirm:
         with present.into(self.result):
             try:
                 execute(self.rb, self.plan)
-            except RunbookError as exc:  # a refusal is a message, never a traceback
+            except ActionRefused as exc:
+                _refused(self.rb, self.plan, str(exc))
+            except RunbookError as exc:  # a failure is a message, never a traceback
                 present.show_refusal(f"{self.plan.action} not done: {self.rb.mask(str(exc))}")
 
     def decline(self) -> None:

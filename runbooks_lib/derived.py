@@ -14,10 +14,11 @@ from . import registry
 
 
 def start_cell(name: str) -> str:
-    return ("from runbooks_lib.runbook import Runbook\n\n"
+    return ("from runbooks_lib.lab import start\n\n"
             "# the connection attempt starts here, while the checks are loaded; every parameter\n"
-            "# above is checked against the runbook's declaration\n"
-            f'rb = Runbook.start("{name}", globals())')
+            "# above is checked against the runbook's declaration; in JupyterLab, the control\n"
+            "# panel (headless, nothing more)\n"
+            f'rb = start("{name}", globals())')
 
 
 def step_cell(key: str) -> str:

@@ -47,6 +47,7 @@ def by_application_and_state(sessions: pd.DataFrame) -> pd.DataFrame:
     table = sessions.pivot_table(index="application", columns="state", values="pid",
                                  aggfunc="count", fill_value=0)
     table["total"] = table.sum(axis=1)
+    table.columns.name = None
     return table.sort_values("total", ascending=False).reset_index()
 
 
@@ -80,7 +81,7 @@ class LiveView:
         self.lock = threading.Lock()  # one query round at a time on the one session
         self.samples: deque[tuple[dt.datetime, dict[str, int]]] = deque(maxlen=HISTORY)
         self.rounds = 0
-        self.said = ""
+        self.said, self.failed = "", False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
@@ -98,7 +99,7 @@ class LiveView:
         self.auto.observe(self._toggled, names="value")
         self.box = w.VBox([
             w.HTML(f"<b>Live: {html.escape(target.masked())}</b>"),
-            w.HBox([self.refresh_button, self.auto, self.interval, self.stamp]),
+            w.HBox([self.refresh_button, self.auto, self.interval]), self.stamp,
             w.HTML("<h4>Connections by application and state</h4>"), self.connections,
             w.HTML("<h4>Blocking tree</h4>"), self.tree,
             w.HTML("<h4>Database load by wait event (active sessions)</h4>"), self.load,
@@ -135,7 +136,10 @@ class LiveView:
                 if self.session is not None and not isinstance(exc, SkipStep):
                     self.session.close()  # lost: the next round connects again
                     self.session = None
-                self._said(f"not refreshed: {mask_text(str(exc), self.target.password)}")
+                stale = (f" (the views below are from {self.samples[-1][0]:%H:%M:%S})"
+                         if self.samples else "")
+                self._said(f"not refreshed at {dt.datetime.now():%H:%M:%S}: "
+                           f"{mask_text(str(exc), self.target.password)}{stale}", failed=True)
                 return
             self.rounds += 1
             now = dt.datetime.now()
@@ -146,23 +150,28 @@ class LiveView:
                                else present.table_html(table))
             self._draw_load()
             ms = (time.monotonic() - started) * 1000
-            left = ""
-            if self._thread is not None and self.auto.value:
-                left = f"; auto-refresh every {self.interval.value} s"
-            self._said(f"refreshed {now:%H:%M:%S} ({ms:.0f} ms, {len(sessions)} sessions){left}")
+            self._said(f"refreshed {now:%H:%M:%S} ({ms:.0f} ms, {len(sessions)} sessions)")
 
-    def _said(self, text: str) -> None:
-        self.said = text
-        self.stamp.value = html.escape(text)
+    def _said(self, text: str, failed: bool = False) -> None:
+        """The stamp line: when the views were read (or why not), and whether auto-refresh
+        is on."""
+        self.said, self.failed = text, failed
+        auto = (f"; auto-refresh every {self.interval.value} s" if self._thread is not None
+                and self.auto.value else "")
+        color = "#c62828" if failed else "inherit"
+        self.stamp.value = f'<span style="color:{color}">{html.escape(text + auto)}</span>'
 
     def _draw_load(self) -> None:
         kinds = sorted({k for _, s in self.samples for k in s})
+        totals = [sum(s.values()) for _, s in self.samples]
         times = [t.strftime("%H:%M:%S") for t, _ in self.samples]
         spec = {"data": [{"type": "bar", "name": k, "x": times,
                           "y": [s.get(k, 0) for _, s in self.samples]} for k in kinds],
                 "layout": {"barmode": "stack", "height": 300,
                            "title": {"text": "active sessions by wait event type"},
-                           "yaxis": {"title": {"text": "sessions"}},
+                           "xaxis": {"type": "category", "title": {"text": "refreshed at"}},
+                           "yaxis": {"title": {"text": "sessions"}, "rangemode": "tozero",
+                                     "dtick": 1 if max(totals, default=0) < 10 else None},
                            "margin": {"t": 40, "b": 40}}}
         self.load.outputs = ({"output_type": "display_data",
                               "data": present.figure_bundle(spec), "metadata": {}},)
@@ -174,6 +183,7 @@ class LiveView:
             self.start_auto()
         else:
             self.stop_auto()
+            self._said(self.said, self.failed)
 
     def start_auto(self, limit_s: float = AUTO_LIMIT_S) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -197,7 +207,8 @@ class LiveView:
                 self._stop.set()
                 self._thread = None
                 self.auto.value = False
-                self._said(self.said + f"; auto-refresh stopped after {limit_s / 60:g} "
-                           "min (switch it on again to go on)")
+                took = f"{limit_s / 60:.0f} min" if limit_s >= 60 else f"{limit_s:.0f} s"
+                self._said(self.said + f"; auto-refresh stopped by itself after {took} (switch "
+                           "it on again to go on)", self.failed)
                 return
             self._stop.wait(self.interval.value)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import logparse, logsource, logtime, present, queries, sqlstate, sqltext
+from . import logparse, logsource, logtime, queries, sqlstate, sqltext
 from .findings import Finding
 from .logsource import LogFile as LogFile
 from .logsource import LogUnreadable as LogUnreadable
@@ -32,6 +32,7 @@ from .logsource import unreadable_finding as unreadable_finding
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from .present import Progress
     from .session import Session
 
 ERROR_LEVELS = ("ERROR", "FATAL", "PANIC")
@@ -155,7 +156,8 @@ class Scan:
 def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, prefix: str = "",
          slow_ms: float = math.inf, session: Session | None = None,
          max_bytes: int | None = None, errors: bool = True, durations: bool = True, *,
-         until: dt.datetime | None = None, log_timezone: str = "") -> Scan:
+         until: dt.datetime | None = None, log_timezone: str = "",
+         progress: Progress | None = None) -> Scan:
     """One streaming pass over FILES (oldest first): errors by SQLSTATE and durations of the
     records at or after SINCE and at or before UNTIL, their times read in LOG_TIMEZONE (the
     server's; '' = unknown: abbreviations other than UTC's are then noted as unresolved). With
@@ -176,8 +178,8 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
         out.cut_short |= offset > 0
         chosen.append((f, offset))
         budget -= f.size - offset
-    progress = present.Progress("reading the server log (MB)",
-                                sum(f.size - o for f, o in chosen) / 2**20)
+    if progress is not None:
+        progress.start(sum(f.size - o for f, o in chosen) / 2**20)
     for f, offset in reversed(chosen):
         try:
             fh = logsource.open_file(f, offset, session)
@@ -197,16 +199,17 @@ def scan(files: list[LogFile], source: str, since: dt.datetime | None = None, pr
                 pending.append(pool.submit(_work, task, window, slow_ms, errors, durations))
                 while len(pending) > 2:  # a bounded window keeps memory flat
                     out.merge(*pending.popleft().result())
-                    progress.update((out.bytes_read + fh.tell() - begin) / 2**20)
+                    if progress is not None:
+                        progress.update((out.bytes_read + fh.tell() - begin) / 2**20)
             while pending:
                 out.merge(*pending.popleft().result())
             end = fh.tell()
         out.bytes_read += end - begin
-        progress.update(out.bytes_read / 2**20)
         if not f.server and end + offset < f.size:
             out.notes.append(f"{f.name}: shrank while it was read ({end + offset} of {f.size} "
                              "bytes): rotated with log_truncate_on_rotation?")
-    progress.finish()
+    if progress is not None:
+        progress.finish()
     if zone.error:
         out.notes.append(f"{zone.error}: times read as UTC unless they say their offset; pass "
                          "the server's log_timezone (SHOW log_timezone)")
@@ -380,7 +383,8 @@ def statements(d: Durations) -> Iterator[dict[str, Any]]:
 def scan_source(session: Session | None, log_source: str, since: dt.datetime | None,
                 prefix: str = "", max_bytes: int = 50 * 2**20, slow_ms: float = math.inf,
                 errors: bool = True, durations: bool = True, *,
-                until: dt.datetime | None = None, log_timezone: str | None = None) -> Scan:
+                until: dt.datetime | None = None, log_timezone: str | None = None,
+                progress: Progress | None = None) -> Scan:
     """Scan LOG_SOURCE: 'auto' (the server's log directory through SQL, the last MAX_BYTES) or
     a path / glob (whole files). PREFIX: the stderr log_line_prefix ('' = the server's).
     LOG_TIMEZONE: the zone the log's times are in (None = the session's log_timezone).
@@ -406,7 +410,7 @@ def scan_source(session: Session | None, log_source: str, since: dt.datetime | N
                             "pass it as the log_line_prefix parameter (SHOW log_line_prefix on "
                             "the server)")
     result = scan(files, source, since, prefix, slow_ms, reader, limit, errors, durations,
-                  until=until, log_timezone=log_timezone)
+                  until=until, log_timezone=log_timezone, progress=progress)
     if not result.files and files:
         newest = max(f.modified for f in files)
         if since is not None and not result.notes and newest < since:

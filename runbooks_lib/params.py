@@ -66,6 +66,20 @@ def declared(names: list[str]) -> dict[str, Param]:
     return out
 
 
+def misordered(values: Mapping[str, Any]) -> list[str]:
+    """Each X_warning above its X_critical (X_warning_s and X_critical_s alike): the warning
+    level is the lower one for every threshold pair the runbooks declare."""
+    problems = []
+    for name, value in values.items():
+        if "_warning" not in name:
+            continue
+        other = name.replace("_warning", "_critical")
+        if other in values and isinstance(value, int | float) and value > values[other]:
+            problems.append(f"{name}={value!r} is above {other}={values[other]!r}: the warning "
+                            "level must not be above the critical one")
+    return problems
+
+
 def validate(names: list[str], given: Mapping[str, str]) -> dict[str, Value]:
     """-p KEY=VALUE pairs typed and checked against the parameters of runbooks NAMES."""
     known = declared(names)
@@ -83,6 +97,8 @@ def validate(names: list[str], given: Mapping[str, str]) -> dict[str, Value]:
             out[key] = p.parse(text)
         except ValueError as exc:
             problems.append(str(exc))
+    if not problems:
+        problems = misordered({**{n: p.default for n, p in known.items()}, **out})
     if problems:
         raise UsageError("; ".join(problems))
     return out
@@ -98,6 +114,7 @@ def from_namespace(params: list[Param], namespace: Mapping[str, Any]) -> dict[st
             out[p.name] = p.check(namespace.get(p.name, p.default))
         except ValueError as exc:
             problems.append(str(exc))
+    problems = problems or misordered(out)
     if problems:
         raise UsageError("; ".join(problems))
     return out

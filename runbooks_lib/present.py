@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -186,16 +186,20 @@ def status_color(status: str) -> str:
 
 
 class Progress:
-    """A progress bar for a long step (a log scan) where a person is there; elsewhere a no-op
-    that costs nothing, so the step calls it unconditionally."""
+    """A progress bar for a long step (a log scan, a sampling window) where a person is there;
+    elsewhere a no-op, so a step reports its progress unconditionally. Made by the runbook
+    (`rb.progress(label)`) and handed to the code doing the work."""
 
-    def __init__(self, label: str, total: float) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
         self.bar: Any = None
+
+    def start(self, total: float) -> None:
         if total <= 0 or not interactive():
             return
         import ipywidgets as w
 
-        self.bar = w.FloatProgress(value=0, min=0, max=float(total), description=label,
+        self.bar = w.FloatProgress(value=0, min=0, max=float(total), description=self.label,
                                    style={"description_width": "initial"})
         show_widget(self.bar)
 
@@ -212,40 +216,55 @@ class Progress:
 _RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
-def findings_table_html(findings: list[Finding], skipped: int = 0, errors: int = 0) -> str:
-    """The findings as one compact table, worst first: severity, title, Next; the detail and
-    the evidence open from the title. Escaped like everything else."""
+def status_html(status: str, skipped: int) -> str:
+    """A run's status for the panel: never a green ok beside checks that did not run."""
     e = html.escape
-    if not findings:
-        body = '<tr><td colspan="3"><i>no findings yet</i></td></tr>'
-    else:
-        rows = []
-        order = sorted(range(len(findings)), key=lambda i: (_RANK.get(findings[i].severity, 3), i))
-        for i in order:
-            f = findings[i]
-            color = _COLORS.get(f.severity, "#555")
-            inner = (f"<div>{e(f.detail)}</div>" if f.detail else "")
-            if f.evidence:
-                import pandas as pd
+    if skipped and status in ("ok", "info"):
+        return (f'status <b style="color:#666">{e(status)}, {skipped} checks skipped</b> '
+                "(see below: not run is not ok)")
+    return f'status <b style="color:{status_color(status)}">{e(status)}</b>'
 
-                inner += table_html(pd.DataFrame(f.evidence), max_rows=20)
-            title = (f"<details><summary>{e(f.title)}</summary>{inner}</details>" if inner
-                     else e(f.title))
-            rows.append(
-                f'<tr class="rb-row rb-{e(f.severity)}"><td><span style="background:{color};'
-                'color:#fff;border-radius:3px;padding:1px 6px;font-size:85%">'
-                f"{e(f.severity)}</span></td><td>{title}</td><td>{e(f.remediation)}</td></tr>")
-        body = "".join(rows)
-    tail = []
-    if skipped:
-        tail.append(f"{skipped} checks skipped")
-    if errors:
-        tail.append(f"{errors} steps failed")
-    foot = f'<p style="color:#666">{e("; ".join(tail))}</p>' if tail else ""
+
+def _chip(label: str, color: str) -> str:
+    return (f'<span style="background:{color};color:#fff;border-radius:3px;padding:1px 6px;'
+            f'font-size:85%">{html.escape(label)}</span>')
+
+
+def findings_table_html(findings: list[Finding], skipped: Sequence[Skipped] = (),
+                        errors: Sequence[Any] = ()) -> str:
+    """The findings as one compact table, worst first: severity, title, Next; the detail and
+    the evidence open from the title. Failed steps and skipped checks follow, each with its
+    reason (a check that did not run is said, never counted as ok). Escaped like everything
+    else."""
+    e = html.escape
+    rows = []
+    for err in errors:
+        rows.append(f'<tr class="rb-row rb-error" style="vertical-align:top"><td>'
+                    f'{_chip("failed", _COLORS["critical"])}</td><td>step {e(err.step)} failed'
+                    f"</td><td>{e(err.message)}</td></tr>")
+    order = sorted(range(len(findings)), key=lambda i: (_RANK.get(findings[i].severity, 3), i))
+    for i in order:
+        f = findings[i]
+        inner = f"<div>{e(f.detail)}</div>" if f.detail else ""
+        if f.evidence:
+            import pandas as pd
+
+            inner += table_html(pd.DataFrame(f.evidence), max_rows=20)
+        title = (f"<details><summary>{e(f.title)}</summary>{inner}</details>" if inner
+                 else e(f.title))
+        rows.append(f'<tr class="rb-row rb-{e(f.severity)}" style="vertical-align:top"><td>'
+                    f"{_chip(f.severity, _COLORS.get(f.severity, '#555'))}</td><td>{title}</td>"
+                    f"<td>{e(f.remediation)}</td></tr>")
+    for s in skipped:
+        rows.append(f'<tr class="rb-row rb-skipped" style="vertical-align:top;color:#666"><td>'
+                    f'{_chip("skipped", "#777")}</td><td>{e(s.check)} did not run</td>'
+                    f"<td>{e(s.reason)}</td></tr>")
+    body = "".join(rows) or '<tr><td colspan="3"><i>no findings yet</i></td></tr>'
     return ('<div class="rb-scroll" style="overflow-x:auto;max-width:100%">'
             '<table class="rb-findings-table" style="border-collapse:collapse;width:100%">'
+            '<colgroup><col style="width:6em"><col style="width:45%"><col></colgroup>'
             "<thead><tr><th>severity</th><th>finding</th><th>Next</th></tr></thead>"
-            f"<tbody>{body}</tbody></table></div>{foot}")
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def script_json(value: Any) -> str:

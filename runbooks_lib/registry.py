@@ -142,8 +142,10 @@ class Requires:
             return f"needs the {self.extension} extension (CREATE EXTENSION {self.extension})"
         if self.privilege and not facts.has_role(self.privilege):
             grant = "pg_monitor" if self.privilege in MONITOR_ROLES else self.privilege
+            from .sqltext import ident
+
             return (f"role {facts.current_user} lacks {self.privilege}: GRANT {grant} TO "
-                    f"{facts.current_user}")
+                    f"{ident(facts.current_user)}")
         return None
 
 

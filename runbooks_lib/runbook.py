@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,8 @@ from .session import Session, Timeouts
 from .target import DEFAULT_TARGET, Target, mask_text, resolve
 
 if TYPE_CHECKING:
-    from .live import LiveView
-    from .panel import Panel
+    from contextlib import AbstractContextManager
+
     from .registry import RunbookSpec
 
 log = logging.getLogger("runbooks_lib")
@@ -135,16 +136,9 @@ class Runbook:
         except P.UsageError as exc:
             rb.error("parameters", str(exc))
         rb.report.window = rb.window()
-        if rb.params and present.interactive():  # a person in JupyterLab: the control panel
-            from .panel import Panel
-
-            rb.panel = Panel(rb)
-            present.show_widget(rb.panel.box)
         return rb
 
     spec: RunbookSpec | None = None
-    panel: Panel | None = None  # only when a person is there (present.interactive())
-    live_view: LiveView | None = None
 
     def window(self) -> dict[str, Any]:
         return {k: self.params[k] for k in WINDOW_PARAMS if self.params.get(k) not in (None, "")}
@@ -274,16 +268,27 @@ class Runbook:
         return self.add(found)
 
     def step(self, key: str) -> None:
-        """Every check of the runbook's step KEY, in order (one notebook cell); with the panel,
-        drawn into the step's section, which Run redraws in place."""
+        """Every check of the runbook's step KEY, in order (one notebook cell), shown in the
+        step's section."""
         if self.spec is None or self.report.errors and self.report.errors[0].step == "parameters":
             return
-        if self.panel is None:
+        with self.section(key):
             self._step(key)
-            return
-        with self.panel.section(key):
-            self._step(key)
-        self.panel.update()
+        self.changed()
+
+    # -- what a person in JupyterLab adds (runbooks_lib.lab); headless these do nothing ------
+
+    def section(self, key: str) -> AbstractContextManager[None]:
+        """Where step KEY (or the verdict) is shown: the cell's output here; a section the
+        control panel redraws in place in JupyterLab."""
+        return nullcontext()
+
+    def changed(self) -> None:
+        """The report changed (the panel's findings table follows it in JupyterLab)."""
+
+    def live(self) -> None:
+        """Live views (connections, blocking tree, load) for a person in JupyterLab; a headless
+        run shows nothing here."""
 
     def _step(self, key: str) -> None:
         assert self.spec is not None
@@ -296,37 +301,10 @@ class Runbook:
         self.report.steps_done.append(key)
         self.report.write()
 
-    def rerun(self, params: dict[str, Any]) -> None:
-        """The probes and checks again with PARAMS, in this kernel: a new connection, new
-        snapshots, a new report (written to the same findings path), and the steps run so far
-        run again in order (the panel redraws each in place)."""
-        if self.spec is None or self.target is None:
-            return  # nothing can run: the reason is already in the report
-        self.close()
-        self.snapshots.clear()
-        self.unavailable = None
-        self.params = params
-        drawn = set(self.panel.sections) if self.panel is not None else set(self.report.steps_done)
-        self.report = Report(runbook=self.name, target=self.report.target, path=self.report.path,
-                             window=self.window())
-        for s in self.spec.steps:
-            if s.key in drawn:
-                self.step(s.key)
-        self.close()
-        self.report.write()
-
-    def live(self) -> None:
-        """Live views (connections, blocking tree, load) with Refresh and auto-refresh, for a
-        person in JupyterLab; a headless run shows nothing here."""
-        if self.target is None or not present.interactive():
-            return
-        from .live import LiveView
-
-        if self.live_view is not None:
-            self.live_view.close()
-        self.live_view = LiveView(self.target, self.timeouts, self.name)
-        present.show_widget(self.live_view.box)
-        self.live_view.refresh()
+    def progress(self, label: str) -> present.Progress:
+        """A progress bar for a long part of a step, shown in the step's section where a
+        person is there."""
+        return present.Progress(label)
 
     def run_all(self) -> dict[str, Any]:
         """Every step, then the verdict: the notebook without the notebook."""
@@ -345,7 +323,7 @@ class Runbook:
         self.report.findings.extend(batch)
         self.report.write()
         present.show_findings(batch, first)
-        self._changed()
+        self.changed()
         return batch
 
     def skip(self, check: str, reason: str) -> None:
@@ -353,27 +331,27 @@ class Runbook:
         self.report.skipped.append(s)
         self.report.write()
         present.show_skipped(s)
-        self._changed()
+        self.changed()
 
     def error(self, step: str, message: str) -> None:
         self.report.errors.append(StepError(step, self.mask(message)))
         self.report.write()
         present.show_error(step, self.mask(message))
-        self._changed()
-
-    def _changed(self) -> None:
-        if self.panel is not None:
-            self.panel.update()
+        self.changed()
 
     def finish(self) -> dict[str, Any]:
-        """Close the session, write the JSON one last time and show the verdict."""
+        """Close the session, write the JSON one last time and show the verdict (in its own
+        section)."""
         self.close()
         self.report.write()
         data = self.report.to_dict()
         counts = {s: sum(1 for f in self.report.findings if f.severity == s)
                   for s in ("critical", "warning", "info")}
-        present.show_text(f"{self.name}: status {data['status']} "
-                          f"({counts['critical']} critical, {counts['warning']} warning, "
-                          f"{counts['info']} info, {len(self.report.skipped)} skipped, "
-                          f"{len(self.report.errors)} errors)")
+        text = (f"{self.name}: status {data['status']} "
+                f"({counts['critical']} critical, {counts['warning']} warning, "
+                f"{counts['info']} info, {len(self.report.skipped)} skipped, "
+                f"{len(self.report.errors)} errors)")
+        with self.section("verdict"):
+            present.show_text(text)
+        self.changed()
         return data

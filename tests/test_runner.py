@@ -243,6 +243,8 @@ def test_a_notebook_that_writes_no_findings_could_not_run(tmp_path: Path) -> Non
     (["run", "connectivity", "-p", "connect_timeout_s=-1"], "connect_timeout_s='-1'"),
     (["run", "latency", "-p", "sample_seconds=abc"], "sample_seconds='abc': expected a number"),
     (["run", "latency", "-p", "blocker_action=kill"], "one of cancel, terminate"),
+    (["run", "connectivity", "-p", "connection_usage_warning=0.99"],
+     "connection_usage_warning=0.99 is above connection_usage_critical=0.95"),
     (["run", "conectivity"], "unknown runbook conectivity (did you mean connectivity?)"),
     (["run"], "name one or more runbooks"),
     (["run", "connectivity", "-p", "novalue"], "-p takes KEY=VALUE"),

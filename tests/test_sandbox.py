@@ -58,6 +58,12 @@ def test_start_is_idempotent_and_stop_leaves_no_process() -> None:
         restarted = server.start(base, max_connections=25)
         with psycopg.connect(restarted.url("postgres", "postgres")) as c:
             assert c.execute("SHOW max_connections").fetchone() == ("25",)
+        # stopped under a client's feet and started again, it keeps its port (the URL an open
+        # JupyterLab holds): closed connections in TIME_WAIT do not move it
+        held = psycopg.connect(restarted.url("postgres", "postgres"))
+        assert server.stop(base) is True
+        held.close()
+        assert server.start(base, max_connections=25).port == sb.port
         assert server.stop(base) is True
         assert server.stop(base) is False
         assert not postgres_processes(sb.datadir)
@@ -233,7 +239,9 @@ def test_start_asked_for_other_binaries_says_so_and_restarts_on_them(
 
 def test_lab_binds_to_loopback_and_runs_as_root() -> None:
     proc = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True)
-    (jupyter,) = [line for line in proc.stdout.splitlines() if "jupyter lab" in line]
+    joined = proc.stdout.replace("\\\n", " ")  # the recipe's continued lines as one
+    (jupyter,) = [line for line in joined.splitlines() if "jupyter lab" in line]
     assert "--ip=127.0.0.1" in jupyter
     assert ("--allow-root" in jupyter) == (os.geteuid() == 0)
+    assert "JUPYTER_TOKEN=" in jupyter, "never without a token"
 

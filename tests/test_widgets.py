@@ -70,7 +70,7 @@ def kernel(quiet: Sandbox, tmp_path: Path) -> Iterator[Kernel]:
     k = Kernel({"RB_MONITOR": quiet.url("monitor"), "RB_ADMIN": quiet.url("postgres"),
                 "PYTHONPATH": str(ROOT)}, tmp_path / "kernel")
     k.run(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-          "from runbooks_lib.runbook import Runbook\n"
+          "from runbooks_lib.lab import start\n"
           "from runbooks_lib import present\n"
           "def shown(out):\n"
           "    return '\\n'.join(str(o['data'].get('text/plain', '')) + str(o['data'].get("
@@ -83,10 +83,11 @@ def start(k: Kernel, tmp_path: Path, **params: Any) -> None:
     """The runbook's start cell and every step cell, as Run All would run them."""
     given = {"target": "env:RB_MONITOR", "findings_path": str(tmp_path / "c.findings.json"),
              "audit_log": str(tmp_path / "audit.jsonl"), **params}
-    k.run(f"rb = Runbook.start('connectivity', {given!r})\n"
+    k.run(f"rb = start('connectivity', {given!r})\n"
           "assert present.interactive() and rb.panel is not None\n"
           "for s in rb.spec.steps:\n"
-          "    rb.step(s.key)\n")
+          "    rb.step(s.key)\n"
+          "verdict = rb.finish()\n")
 
 
 def audit(tmp_path: Path) -> list[dict[str, Any]]:
@@ -104,10 +105,14 @@ def test_run_redraws_every_section_when_the_incident_changes(kernel: Kernel, qui
                                                              tmp_path: Path) -> None:
     start(kernel, tmp_path, leak_idle_age_s=1)
     assert kernel.value("rb.report.status") == "ok"
+    # checks that did not run are rows of the table, and the status is never a bare green ok
+    skipped = kernel.value("len(rb.report.skipped)")
+    assert skipped and "did not run" in kernel.value("rb.panel.findings.value")
+    assert f"ok, {skipped} checks skipped" in kernel.value("rb.panel.status.value")
     before = kernel.value("shown(rb.panel.sections['leaks'])")
     assert "leaky-api" not in before
     assert kernel.value("sorted(rb.panel.sections)") == sorted(
-        ["reachability", "usage", "holders", "leaks", "budget", "action"])
+        ["reachability", "usage", "holders", "leaks", "budget", "action", "verdict"])
     with incidents.leaking_app(quiet.url("app"), "leaky-api", idle=22):  # 22 of 27 slots
         time.sleep(1.1)
         kernel.run("rb.panel.run_button.click()")
@@ -115,19 +120,30 @@ def test_run_redraws_every_section_when_the_incident_changes(kernel: Kernel, qui
         usage = kernel.value("shown(rb.panel.sections['usage'])")
         leaks = kernel.value("shown(rb.panel.sections['leaks'])")
         # a threshold changed in the panel: the same incident, judged again
-        kernel.run("rb.panel.controls['connection_usage_critical'].value = 0.5\n"
+        kernel.run("rb.panel.controls['connection_usage_warning'].value = 0.4\n"
+                   "rb.panel.controls['connection_usage_critical'].value = 0.5\n"
                    "rb.panel.run_button.click()")
         critical = kernel.value("rb.report.status")
+        verdict = kernel.value("shown(rb.panel.sections['verdict'])")
     assert "rb-findings-table" in table and "leaky-api" in table and "warning" in table
     assert "81%" in usage and "leaky-api" in leaks
     assert critical == "critical"
+    assert "connectivity: status critical" in verdict, "the verdict is redrawn too"
     on_disk = json.loads((tmp_path / "c.findings.json").read_text())
     assert on_disk["status"] == "critical", "the findings file follows the panel"
     # each section is redrawn in place: one Output per step, not one more per run
-    assert kernel.value("len(rb.panel.sections)") == 6
-    # the declared range holds in the panel: 5 is clamped to its maximum, 1
-    kernel.run("rb.panel.controls['connection_usage_warning'].value = 5")
-    assert kernel.value("rb.panel.controls['connection_usage_warning'].value") == 1
+    assert kernel.value("len(rb.panel.sections)") == 7
+    # a value out of its declared range, or a warning above its critical: said, nothing runs
+    kernel.run("rb.panel.controls['connection_usage_critical'].value = 5\n"
+               "rb.panel.run_button.click()")
+    assert "connection_usage_critical=5.0: expected a number from 0.01 to 1" in kernel.value(
+        "rb.panel.status.value")
+    kernel.run("rb.panel.controls['connection_usage_critical'].value = 0.5\n"
+               "rb.panel.controls['connection_usage_warning'].value = 0.9\n"
+               "rb.panel.run_button.click()")
+    assert "the warning level must not be above the critical one" in kernel.value(
+        "rb.panel.status.value")
+    assert kernel.value("rb.report.status") == "critical", "nothing ran"
 
 
 def test_live_views_refresh_through_one_session(kernel: Kernel, quiet: Sandbox,
@@ -216,8 +232,11 @@ def test_a_refusal_is_a_message_with_the_grant(kernel: Kernel, quiet: Sandbox,
         shown = kernel.value("shown(rb.panel.sections['action'])")
         assert alive(quiet, held.pids) == set(held.pids)
     assert kernel.value("len(rb.confirmations)") == 0, "no button that could not work"
-    assert "GRANT pg_signal_backend TO monitor" in shown and "Traceback" not in shown
+    assert 'GRANT pg_signal_backend TO &quot;monitor&quot;' in shown and "Traceback" not in shown
     assert [a["decision"] for a in audit(tmp_path)] == ["refused"]
+    # a finding, as headless: the panel's status is not ok while sessions were left alone
+    assert kernel.value("rb.report.status") == "warning"
+    assert "refused" in kernel.value("rb.panel.findings.value")
     # actions off: the preview says how to turn them on
     start(kernel, tmp_path, terminate_application="stuck-worker", terminate_idle_s=1)
     assert kernel.value("len(rb.confirmations)") == 0
@@ -250,7 +269,8 @@ def test_a_log_scan_shows_its_progress(kernel: Kernel, tmp_path: Path) -> None:
         "import ipywidgets as w\n"
         "from runbooks_lib import logs\n"
         "out = w.Output()\n"
-        f"with present.into(out):\n    scan = logs.scan_source(None, {str(log)!r}, None)\n"
+        f"with present.into(out):\n    scan = logs.scan_source(None, {str(log)!r}, None, "
+        "progress=present.Progress('reading the server log (MB)'))\n"
         "(b,) = [w.Widget.widgets[o['data'][" + repr(WIDGET) + "]['model_id']] for o in "
         "out.outputs]\n")
     bar = kernel.value("[b.description, b.value, b.max, b.bar_style, "
@@ -258,3 +278,15 @@ def test_a_log_scan_shows_its_progress(kernel: Kernel, tmp_path: Path) -> None:
     label, value, top, style, deadlocks = bar
     assert "server log" in label and top == pytest.approx(log.stat().st_size / 2**20)
     assert value == top and style == "success" and deadlocks == 20000
+
+
+def test_a_misspelled_application_is_named_with_the_closest_one(kernel: Kernel, quiet: Sandbox,
+                                                                tmp_path: Path) -> None:
+    with incidents.leaking_app(quiet.url("app"), "stuck-worker", idle=0, idle_in_transaction=1):
+        time.sleep(1.1)
+        start(kernel, tmp_path, admin_target="env:RB_ADMIN", terminate_application="stuck-workr",
+              terminate_idle_s=1, allow_actions=True)
+        table = kernel.value("rb.panel.findings.value")
+    assert "did you mean &#x27;stuck-worker&#x27;?" in table
+    assert kernel.value("len(rb.confirmations)") == 0
+    assert [a["decision"] for a in audit(tmp_path)] == ["nothing_to_do"]

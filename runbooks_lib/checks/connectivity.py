@@ -334,8 +334,28 @@ def terminate_plan(rb: Runbook, p: Params) -> Plan | None:
     if not p["terminate_application"]:
         raise SkipStep("no application chosen: set terminate_application to preview its "
                        "sessions idle in transaction")
-    return terminate_idle_in_transaction_plan(rb.session, p["terminate_application"],
+    plan = terminate_idle_in_transaction_plan(rb.session, p["terminate_application"],
                                               p["terminate_idle_s"])
+    if plan.preview.empty:  # a typo in the name previews nothing: say which names are there
+        plan.notes.append(absent_application(rb, p["terminate_application"]))
+    return plan
+
+
+def absent_application(rb: Runbook, name: str) -> str:
+    """Why a preview for application NAME is empty, with the closest connected name."""
+    import difflib
+
+    try:
+        apps = sorted(set(rb.snapshot("activity").sessions["application"].astype(str)))
+    except SkipStep:
+        apps = []
+    if name not in apps:
+        close = difflib.get_close_matches(name, apps, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else (
+            f"; connected now: {', '.join(apps[:10])}" if apps else "")
+        return f"no session of application {name!r} is connected{hint}"
+    return (f"no session of application {name!r} has been idle in transaction for that long "
+            "(terminate_idle_s)")
 
 
 register_probe(Probe("terminate_plan", terminate_plan,
@@ -344,7 +364,9 @@ register_probe(Probe("terminate_plan", terminate_plan,
 
 
 def terminate(plan: Plan, p: Params) -> list[Finding]:
-    return []  # the action reports what it did (runbooks_lib.actions)
+    """What the preview leaves out (the action itself reports what it did: runbooks_lib.actions)."""
+    return [Finding("action_terminate", "info", f"Nothing to terminate: {note}", note)
+            for note in plan.notes]
 
 
 register(Check(
@@ -352,4 +374,5 @@ register(Check(
     """Lists the sessions of terminate_application idle in transaction for longer than
     terminate_idle_s. A preview unless allow_actions is true; the statement re-checks every
     condition, runs in its own session, and every decision is appended to the audit log.""",
-    terminate, probes=("terminate_plan",), params=(ALLOW_ACTIONS,), act=True))
+    terminate, probes=("terminate_plan",), params=(ALLOW_ACTIONS,), emits=("action_terminate",),
+    act=True))

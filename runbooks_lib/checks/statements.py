@@ -19,7 +19,7 @@ from ..params import LOG_LINE_PREFIX, LOG_SOURCE
 from ..probes import catalog as _catalog  # noqa: F401 - registers the catalog probes
 from ..probes.window import Window
 from ..registry import Check, Param, Params, Probe, register, register_probe
-from ..sqltext import short
+from ..sqltext import ident, short
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,6 +69,9 @@ register(Check(
 
 # -- top statements ----------------------------------------------------------------------------
 
+CHEAP_MS = 1.0  # a statement faster than this per call dominates by its number of calls
+
+
 def top_queries(w: Window, p: Params) -> list[Finding]:
     if w.stmts_before is None:
         return [Finding("statements_setup", "warning",
@@ -90,8 +93,11 @@ def top_queries(w: Window, p: Params) -> list[Finding]:
             f"{busy:.2f} sessions busy on average",
             metric=Metric("query_time_share", round(float(r["time_share"]), 4), dominant),
             evidence=records(shown.loc[[r.name], SHOWN]),
-            remediation="look at its plan and the tables it scans (below); add the missing "
-                        "index or cache the result"))
+            remediation=(f"it is cheap per call ({r['mean_ms']:.2f} ms): fewer calls help more "
+                         "than an index; batch them (an N+1 loop?) or cache the result"
+                         if r["mean_ms"] < CHEAP_MS else
+                         "look at its plan and the tables it scans (below); add the missing "
+                         "index or cache the result")))
     for _, r in delta[delta["mean_ms"] > slow_ms].head(5).iterrows():
         found.append(Finding(
             "slow_query", "warning",
@@ -178,7 +184,8 @@ def log_durations(rb: Runbook, p: Params) -> Durations:
                        "durations; set it (0 logs every statement) or pass log_source")
     start = logs.parse_since(p["since"]) or w.start
     scan = logs.scan_source(s, source, start, p["log_line_prefix"], slow_ms=p["slow_query_ms"],
-                            errors=False, until=w.end)  # the same population as the window
+                            errors=False, until=w.end,  # the same population as the window
+                            progress=rb.progress("reading the server log (MB)"))
     calls = None if w.stmts_after is None else int(w.delta["calls"].sum())
     return Durations(scan, start, lmds, calls)
 
@@ -260,7 +267,7 @@ register(Check(
 def load(w: Window, p: Params) -> list[Finding]:
     if not w.sees_all:
         raise SkipStep(f"role {w.role} lacks pg_read_all_stats: other roles' sessions show no "
-                       f"state, so the load cannot be measured; GRANT pg_monitor TO {w.role}")
+                       f"state, so the load cannot be measured; GRANT pg_monitor TO {ident(w.role)}")
     samples, n = w.samples, max(1, w.n_samples)
     if samples.empty:
         return [Finding("load", "ok", "No active session while sampling",

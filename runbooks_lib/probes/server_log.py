@@ -70,7 +70,8 @@ def read(rb: Runbook, p: Params) -> LogRead:
             setting = session.facts.settings.get("log_min_error_statement", "error")
             setting = setting if setting in ("log", "fatal", "panic") else ""
         scan = logs.scan_source(session, source, start, p["log_line_prefix"],
-                                int(p["log_max_mb"] * 2**20), durations=False)
+                                int(p["log_max_mb"] * 2**20), durations=False,
+                                progress=rb.progress("reading the server log (MB)"))
     except SkipStep as exc:
         return LogRead(start, None, empty, exc, setting)
     return read_from(start, scan, session.facts.database if session else None, setting)

@@ -161,13 +161,17 @@ def fetch(rb: Runbook, p: Params) -> Window:
     start = dt.datetime.now(dt.UTC)
     frames, n = [], 0
     seconds = float(p.get("sample_seconds", SAMPLE_SECONDS.default))
+    progress = rb.progress("sampling the window (s)")
+    progress.start(seconds)
     while True:
         frames.append(s.frame(sample_sql))
         n += 1
         left = seconds - (time.monotonic() - started)
+        progress.update(seconds - left)
         if left <= 0:
             break
         time.sleep(min(INTERVAL_S, left))
+    progress.finish()
     window_s = time.monotonic() - started
     end = dt.datetime.now(dt.UTC)
     after = statements(s) if before is not None else None

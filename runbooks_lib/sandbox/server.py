@@ -84,7 +84,11 @@ def free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Whether the server could listen on PORT again. PostgreSQL sets SO_REUSEADDR, so closed
+    connections still in TIME_WAIT do not stop it: a restarted sandbox keeps its port (and the
+    DATABASE_URL an open JupyterLab was given)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
