@@ -206,7 +206,9 @@ def test_fleet_reports_each_target_with_one_connection_each(
     fleet_alerts = json.loads((out / "alerts.json").read_text())
     targets = [a["target"] for a in fleet_alerts]
     assert sorted(targets) == sorted({DUPLICATE, INVALID, "down", "badpw"})  # one per target
-    _no_secret(sandbox, out, done.stdout, done.stderr)
+    history = [json.loads(ln) for ln in (out.parent / "history.jsonl").read_text().splitlines()]
+    assert sorted(r["target_label"] for r in history) == sorted(found)  # by fleet name
+    _no_secret(sandbox, out.parent, done.stdout, done.stderr)  # the history beside it too
     print(f"local sweep of {N + 2} targets: {wall:.1f} s")
 
 
