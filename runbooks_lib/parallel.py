@@ -37,8 +37,11 @@ class Control:
         self.waits: set[str] = set()  # runbooks whose kernel waits for GO_FILE before sampling
 
     def begin(self, name: str) -> None:
+        """NAME starts in this thread: the kernel this thread starts is NAME's, under this
+        control (a thread's own, so that runs in one process, such as a sweep's, never mix)."""
         with self.lock:
             _THREAD_RUNBOOK.name = name
+            _THREAD_RUNBOOK.control = self
             self.started[name] = time.monotonic()
 
     def stop(self, name: str, why: StepError) -> None:
@@ -56,10 +59,10 @@ class Control:
 
 class _ThreadRunbook(threading.local):
     name = ""
+    control: Control | None = None
 
 
 _THREAD_RUNBOOK = _ThreadRunbook()
-_CONTROL: Control | None = None  # the run in progress (one per process: see claimed())
 
 
 GO_ENV = "RUNBOOKS_GO_FILE"
@@ -68,7 +71,7 @@ GO_ENV = "RUNBOOKS_GO_FILE"
 def kernel_env() -> dict[str, str]:
     """What the kernel of this thread's runbook gets in its environment: the file to wait for
     before its first step, when a runbook that loads the source runs beside it."""
-    control, name = _CONTROL, _THREAD_RUNBOOK.name
+    control, name = _THREAD_RUNBOOK.control, _THREAD_RUNBOOK.name
     if control is None or control.go_file is None or name not in control.waits:
         return {}
     return {GO_ENV: str(control.go_file)}
@@ -83,7 +86,7 @@ def wait_for_go(poll_s: float = 0.1) -> None:
 
 
 def kernel_started(pid: int) -> None:
-    control, name = _CONTROL, _THREAD_RUNBOOK.name
+    control, name = _THREAD_RUNBOOK.control, _THREAD_RUNBOOK.name
     if control is not None and name:
         with control.lock:
             control.kernels[name] = pid
@@ -121,9 +124,7 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
     first step until it is past that step (the go file). Returns the
     outcomes in NAMES' order and whether the run was interrupted; every outcome's files are
     written."""
-    global _CONTROL
     control = Control()
-    _CONTROL = control
     specs = {n: registry.runbook(n) for n in names}
     deadline = {n: limits(specs[n], params, cell_s, runbook_s)[1] for n in names}
     loaders = [n for n in names if specs[n].loads_source_until]
@@ -170,7 +171,6 @@ def run(names: list[str], out: Path, params: dict[str, Any], typed: dict[str, An
                 interrupted = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        _CONTROL = None
         if control.go_file is not None:
             control.go_file.unlink(missing_ok=True)
     outcomes: list[T] = []

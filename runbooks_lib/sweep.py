@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import outputs
-from .findings import COULD_NOT_RUN, SEVERITIES, iso, status_of, write_json
+from .findings import COULD_NOT_RUN, SEVERITIES, StepError, iso, status_of, write_json
 from .target import mask_text
 
 if TYPE_CHECKING:
@@ -145,20 +145,40 @@ def in_process(name: str, spec: str, params: dict[str, Any], findings_path: Path
     try:
         for step in rb.spec.steps if rb.spec is not None else ():
             if time.monotonic() - started > limit:
-                rb.error("timeout", f"stopped after {limit:.0f} s (the runbook time limit): "
-                         "what it found until then is in its report")
                 break
             rb.step(step.key)
-        else:
-            if time.monotonic() - started > limit:  # the last step was cut at the limit
-                rb.error("timeout", f"stopped after {limit:.0f} s (the runbook time limit): "
-                         "what it found until then is in its report")
+        if time.monotonic() - started > limit:  # stopped, or its last step cut at the limit
+            rb.error("timeout", stopped_at(limit).message)
     except Exception as exc:  # noqa: BLE001 - steps guard their checks; this is a last resort
         rb.error("runbook", f"{type(exc).__name__}: {exc}")
     finally:
         watchdog.cancel()
         data = rb.finish()
     return data, _connect_failure(rb)
+
+
+def stopped_at(limit: float) -> StepError:
+    return StepError("timeout", f"stopped after {limit:.0f} s (the runbook time limit): what it "
+                     "found until then is in its report")
+
+
+def render(name: str, path: Path, work: Path, params: dict[str, Any], secrets: list[str],
+           limits: Limits, shown: str) -> Outcome:
+    """Runbook NAME's notebook through papermill (report.run_one) into WORK, its kernel killed at
+    the runbook's time limit (it is then reported as could not run, saying so)."""
+    from . import parallel, registry, report
+
+    control = parallel.Control()  # this thread's: other targets' kernels are not its own
+    _, limit = parallel.limits(registry.runbook(name), params, limits.cell_timeout_s,
+                               limits.runbook_timeout_s)
+    timer = threading.Timer(limit, control.stop, (name, stopped_at(limit)))
+    timer.daemon = True
+    timer.start()
+    try:
+        return report.run_one(name, path, work, params, secrets, limits.cell_timeout_s, shown,
+                              control, PLOTLY_SRC)
+    finally:
+        timer.cancel()
 
 
 def run_target(name: str, spec: str, runbooks: list[str], params: dict[str, Any],
@@ -196,10 +216,8 @@ def run_target(name: str, spec: str, runbooks: list[str], params: dict[str, Any]
         result.outcomes = [report.outcome(b, datas[b]) for b in runbooks]
         if due(result.status, limits.notebooks):
             books = notebooks.available()
-            result.outcomes = [
-                report.run_one(b, books[b], work, {**params, "target": spec}, secrets,
-                               limits.cell_timeout_s, shown, None, PLOTLY_SRC)
-                for b in runbooks]
+            result.outcomes = [render(b, books[b], work, {**params, "target": spec}, secrets,
+                                      limits, shown) for b in runbooks]
             result.rendered = True
         else:
             from .findings import write_text

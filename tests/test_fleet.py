@@ -316,3 +316,19 @@ def test_a_runbook_past_its_time_limit_is_stopped_and_could_not_run(
     assert [e["step"] for e in data["errors"]] == ["timeout"]
     assert "stopped after 1 s" in data["errors"][0]["message"]
     assert data["steps_done"] and "plans" not in data["steps_done"]  # stopped between steps
+
+
+def test_a_rendered_notebook_past_its_time_limit_is_killed_and_could_not_run(
+        quiet: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runbooks_lib import notebooks
+
+    monkeypatch.setenv("FLEET_ONE", quiet.url("postgres"))
+    monkeypatch.setenv("RUNBOOKS_HEADLESS", "1")
+    limits = sweep.Limits(runbook_timeout_s=4.0, cell_timeout_s=60)
+    t0 = time.monotonic()
+    done = sweep.render("latency", notebooks.available()["latency"], tmp_path,
+                        {"target": "env:FLEET_ONE", "sample_seconds": 30.0}, [], limits, "shown")
+    assert time.monotonic() - t0 < 20
+    assert done.status == "could not run"
+    assert done.errors[-1] == {"step": "timeout", "message": sweep.stopped_at(4.0).message}
+    assert (tmp_path / "latency.html").exists() and (tmp_path / "latency.findings.json").exists()
