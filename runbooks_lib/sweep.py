@@ -380,6 +380,7 @@ def run(fleet: Fleet, out: Path | None = None, overrides: dict[str, str] | None 
     runs (UsageError), the targets' tasks on Dask, every output written into OUT; returns (exit
     status, the fleet's summary). Interrupted (report.Interrupted) after writing on Ctrl-C."""
     from . import fleet_report
+    from .errors import RunbookError
     from .fleet import is_reference
     from .params import UsageError, validate
     from .report import Interrupted, absolute_paths, claimed
@@ -400,12 +401,18 @@ def run(fleet: Fleet, out: Path | None = None, overrides: dict[str, str] | None 
     limits = Limits(opts.runbook_timeout_s, opts.cell_timeout_s, notebooks)
     tasks = [Task(t.name, t.spec, absolute_paths({**t.params, **given})) for t in fleet.targets]
     started = dt.datetime.now(dt.UTC)
+    fresh = not out.exists()
     with claimed(out):
-        with client(scheduler, opts.jobs, verbose) as c:
-            link = dashboard(c, not scheduler)
-            if link and not quiet:
-                print(f"Dask dashboard: {link}", file=sys.stderr)
-            results, interrupted = execute(c, tasks, fleet.runbooks, limits, opts.jobs, quiet)
+        try:
+            with client(scheduler, opts.jobs, verbose) as c:
+                link = dashboard(c, not scheduler)
+                if link and not quiet:
+                    print(f"Dask dashboard: {link}", file=sys.stderr)
+                results, interrupted = execute(c, tasks, fleet.runbooks, limits, opts.jobs, quiet)
+        except RunbookError:  # no cluster: nothing ran, leave no empty run directory behind
+            if fresh:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         summary = fleet_report.write(out, fleet, results, started, opts, interrupted)
     if interrupted:
         raise Interrupted(summary)
