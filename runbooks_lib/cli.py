@@ -80,34 +80,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("name one or more runbooks, or --all (see `runbooks list`)")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file, not a directory")
-    for flag, value in (("--timeout", args.timeout), ("--runbook-timeout", args.runbook_timeout),
-                        ("--jobs", args.jobs)):
-        if value <= 0:
-            raise UsageError(f"{flag} {value}: give a number above 0")
     if args.keep_days < 0:
         raise UsageError(f"--keep-days {args.keep_days}: give a number of days, 0 to keep all")
-    if args.metrics_file:
-        metrics_file = Path(args.metrics_file)
-        if metrics_file.is_dir():
-            raise UsageError(f"--metrics-file {metrics_file} is a directory: give a file path "
-                             "such as /var/lib/node_exporter/textfile/pg_runbooks.prom")
-        if not metrics_file.parent.resolve().is_dir() or \
-                not os.access(metrics_file.parent.resolve(), os.W_OK):
-            raise UsageError(f"--metrics-file {metrics_file}: {metrics_file.parent} is not a "
-                             "directory this user may write (node_exporter's textfile "
-                             "directory must exist already)")
-    webhook = args.alert_webhook or os.environ.get("ALERT_WEBHOOK_URL", "")
-    if webhook and not webhook.startswith(("http://", "https://")):
-        given = "--alert-webhook" if args.alert_webhook else "ALERT_WEBHOOK_URL"
-        raise UsageError(f"{given}: give an http:// or https:// URL")
+    opts = _run_options(args)
     if args.pushgateway and not args.pushgateway.startswith(("http://", "https://")):
         raise UsageError("--pushgateway: give an http:// or https:// URL")
-    opts = outputs.Options(jobs=args.jobs, cell_timeout_s=args.timeout,
-                          runbook_timeout_s=args.runbook_timeout,
-                          metrics_file=Path(args.metrics_file).resolve() if args.metrics_file
-                          else None,
-                          pushgateway=args.pushgateway or "", alert_webhook=webhook,
-                          alert_least=args.alert_severity, keep_days=args.keep_days)
+    opts.pushgateway, opts.keep_days = args.pushgateway or "", args.keep_days
     out = Path(args.out) if args.out else None
     try:
         code, summary = report.run(names, args.target, out, _params(args.param), opts)
