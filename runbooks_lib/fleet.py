@@ -25,10 +25,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .findings import COULD_NOT_RUN, status_of
 from .params import UsageError, declared
 from .registry import Value
+
+if TYPE_CHECKING:
+    from .report import Outcome
 
 TOP_KEYS = ("runbooks", "params", "targets")
 TARGET_KEYS = ("name", "target", "tags", "params")
@@ -254,3 +258,23 @@ def load(path: Path) -> Fleet:
         raise UsageError(f"{path}: cannot read the fleet file "
                          f"({getattr(exc, 'strerror', None) or exc})") from None
     return parse(text, str(path))
+
+
+@dataclass
+class TargetResult:
+    """What a worker sends back for one target: masked text and the files of its directory."""
+
+    name: str
+    shown: str  # the target as shown (password masked)
+    label: str  # host:port/database
+    started_at: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> content
+    rendered: bool = False  # executed notebooks in FILES
+    retried: list[str] = field(default_factory=list)  # runbooks run again after a connect failure
+    duration_s: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return status_of([o.status for o in self.outcomes if o.status != COULD_NOT_RUN],
+                         sum(o.status == COULD_NOT_RUN for o in self.outcomes))

@@ -21,9 +21,8 @@ from typing import Any
 
 from . import alerts, history, metrics, outputs, page, stories
 from .findings import COULD_NOT_RUN, SEVERITIES, iso, run_reports, status_of, write_json, write_text
-from .fleet import Fleet
+from .fleet import Fleet, TargetResult
 from .report import summary_of
-from .sweep import TargetResult
 
 RANK = (*SEVERITIES, COULD_NOT_RUN)
 

@@ -28,12 +28,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import outputs
-from .findings import COULD_NOT_RUN, SEVERITIES, StepError, iso, status_of, write_json
+from .findings import COULD_NOT_RUN, SEVERITIES, StepError, iso, write_json
+from .fleet import TargetResult
 from .target import mask_text
 
 if TYPE_CHECKING:
@@ -57,26 +58,6 @@ class Limits:
     cell_timeout_s: int = 600
     notebooks: str = "warning"
     retry_after_s: float = 2.0  # before the one retry of a transient connect failure
-
-
-@dataclass
-class TargetResult:
-    """What a worker sends back for one target: masked text and the files of its directory."""
-
-    name: str
-    shown: str  # the target as shown (password masked)
-    label: str  # host:port/database
-    started_at: str
-    outcomes: list[Outcome] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)  # file name -> content
-    rendered: bool = False  # executed notebooks in FILES
-    retried: list[str] = field(default_factory=list)  # runbooks run again after a connect failure
-    duration_s: float = 0.0
-
-    @property
-    def status(self) -> str:
-        return status_of([o.status for o in self.outcomes if o.status != COULD_NOT_RUN],
-                         sum(o.status == COULD_NOT_RUN for o in self.outcomes))
 
 
 def due(status: str, least: str) -> bool:
