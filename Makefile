@@ -58,13 +58,14 @@ matrix-binaries: $(MATRIX)/13/postgresql/bin/postgres $(MATRIX)/14/postgresql/bi
 
 # One pytest run per major, all of them even when one fails; then every query ladder's rungs
 # must have run on some version; the exit status says whether everything passed. The JupyterLab
-# browser test (tests/test_lab.py) runs once, in `make test`: it tests the browser side, not the
-# server's version.
+# tests (browser, widgets) and the fleet sweep's run once, in `make test`: they test the layers
+# above the queries (the browser, the kernel, Dask), whose SQL the other tests run on every major.
+ONCE := --ignore=tests/test_lab.py --ignore=tests/test_widgets.py --ignore=tests/test_fleet.py
 test-matrix: matrix-binaries
 	rm -f $(COVERAGE); status=0; \
 	run() { major=$$1; bindir=$$2; shift 2; echo "== PostgreSQL $$major: $$bindir"; start=$$(date +%s); \
 	  RUNBOOKS_TEST_BINDIR=$$bindir RUNBOOKS_QUERY_COVERAGE=$(abspath $(COVERAGE)) \
-	    $(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/test_lab.py "$$@" || status=1; \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider $(ONCE) "$$@" || status=1; \
 	  echo "== PostgreSQL $$major: $$(( $$(date +%s) - start )) s"; }; \
 	run 13 $(MATRIX)/13/postgresql/bin $(NO_CONTRIB); \
 	run 14 $(MATRIX)/14/postgresql/bin $(NO_CONTRIB); \
