@@ -108,6 +108,36 @@ def test_lock_chain_tree_has_root_and_both_waiters_at_their_depth(
     assert "2 level(s) deep" in f.title and "idle in transaction" in f.title
 
 
+def test_another_database_s_lock_chain_is_reported_there_only(
+        quiet: Sandbox, latency_rb: Callable[..., Runbook]) -> None:
+    """Databases of one server (a fleet sweeps each): a lock chain and a long transaction in
+    one are that database's findings, not every database's."""
+    with psycopg.connect(quiet.url("postgres", "postgres"), autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS side WITH (FORCE)")
+        c.execute("CREATE DATABASE side TEMPLATE cosnap")
+    bounds = {"blocking_warning_s": 0.5, "blocking_critical_s": 600,
+              "long_transaction_warning_s": 0.5, "long_transaction_critical_s": 600}
+    try:
+        here = latency_rb(**bounds)
+        there = latency_rb(database="side", **bounds)
+        with inc.lock_chain(quiet.url("app", "side")) as chain:
+            time.sleep(1.1)
+            for rb in (here, there):
+                rb.check("shared.blocking")
+                rb.check("shared.long_running")
+        loud = [(f.check, f.title) for f in here.report.findings
+                if f.severity in ("warning", "critical")]
+        assert not loud, loud
+        (f,) = by_check(there, "blocking")
+        assert f.severity == "warning" and f"pid {chain.root}" in f.title
+        assert any(f"pid {chain.root}" in t.title for t in by_check(there, "long_transaction"))
+    finally:
+        here.close()
+        there.close()
+        with psycopg.connect(quiet.url("postgres", "postgres"), autocommit=True) as c:
+            c.execute("DROP DATABASE IF EXISTS side WITH (FORCE)")
+
+
 def test_lock_wait_past_critical_threshold(quiet: Sandbox,
                                            latency_rb: Callable[..., Runbook]) -> None:
     rb = latency_rb(blocking_warning_s=0.2, blocking_critical_s=1)

@@ -1,9 +1,11 @@
--- Every session that waits for a lock or holds one others wait for, with pg_blocking_pids (9.6+).
+-- Every session of this database that waits for a lock, and the sessions it waits for, with
+-- pg_blocking_pids (9.6+). Another database's lock chain is that database's finding.
 -- waiting_s: how long the current statement has waited (since it started or the state changed).
 WITH waiting AS (
     SELECT a.pid, pg_blocking_pids(a.pid) AS blocked_by
       FROM pg_stat_activity a
      WHERE a.wait_event_type = 'Lock'
+       AND a.datname = current_database()
 )
 SELECT a.pid,
        coalesce(w.blocked_by, '{}') AS blocked_by,

@@ -1,4 +1,7 @@
--- Active statements and open transactions older than the given bounds (seconds).
+-- Active statements and open transactions older than the given bounds (seconds), in this
+-- database: another database's long transaction neither blocks this one's sessions nor holds
+-- back the vacuum of its tables, and is that database's finding (a fleet of databases on one
+-- server would otherwise report it on every one).
 SELECT a.pid,
        a.usename::text AS "user",
        a.datname::text AS database,
@@ -12,6 +15,7 @@ SELECT a.pid,
   FROM pg_stat_activity a
  WHERE a.backend_type = 'client backend'
    AND a.pid <> pg_backend_pid()
+   AND a.datname = current_database()
    AND ((a.state = 'active' AND a.query_start < now() - make_interval(secs => %(query_s)s))
         OR a.xact_start < now() - make_interval(secs => %(xact_s)s))
  ORDER BY a.xact_start NULLS LAST;
