@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from . import outputs, registry, report
 from .errors import RunbookError
 from .params import EXIT_USAGE, UsageError
+from .target import mask_text
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
@@ -126,15 +127,19 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     from . import fleet, fleet_report, report, sweep
 
     spec = fleet.load(Path(args.fleet_file))
+    sweep.checked_params(spec, _params(args.param))  # -p checked by check as by run
     if args.action == "check":
         print(f"{args.fleet_file}: {len(spec.targets)} targets, runbooks "
               f"{', '.join(spec.runbooks)}")
         return 0
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file, not a directory")
-    if args.scheduler and "://" not in args.scheduler:
-        raise UsageError(f"--scheduler {args.scheduler}: give the scheduler's address, such as "
-                         "tcp://scheduler:8786")
+    if args.out and (Path(args.out) / "summary.json").exists():
+        raise UsageError(f"--out {args.out} holds an earlier run: give a new directory (its "
+                         "targets' files would mix with this run's)")
+    if args.scheduler and not sweep.SCHEDULER.match(args.scheduler):
+        raise UsageError(f"--scheduler {mask_text(args.scheduler)}: give the scheduler's "
+                         "address, such as tcp://scheduler:8786 (tcp://, tls:// or ucx://)")
     opts = _run_options(args)
     try:
         code, summary = sweep.run(spec, Path(args.out) if args.out else None,

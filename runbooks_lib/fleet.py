@@ -163,6 +163,9 @@ def _params(doc: _Doc, node: Any, runbooks: list[str], where: str) -> dict[str, 
             out[key] = p.parse(value) if isinstance(value, str) else p.check(value)
         except ValueError as exc:
             raise doc.error(doc.line(vnode), f"{where}: {exc}") from None
+        if key == "allow_actions" and out[key]:
+            raise doc.error(doc.line(vnode), f"{where}: allow_actions: a sweep never acts (run "
+                            "the runbook on that target to act, after its preview)")
     return out
 
 

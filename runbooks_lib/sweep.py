@@ -20,14 +20,16 @@ import datetime as dt
 import importlib.util
 import logging
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -249,13 +251,20 @@ def client(scheduler: str, jobs: int, verbose: bool = False) -> Iterator[Client]
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.ERROR)
     if scheduler:
+        from .errors import RunbookError
+
         try:
             c = Client(scheduler, timeout=15, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            from .errors import RunbookError
-
+        except (OSError, TimeoutError, ValueError) as exc:
             raise RunbookError(f"cannot reach the Dask scheduler at {mask_text(scheduler)}: "
                                f"{mask_text(str(exc))[:300]}") from None
+        try:
+            c.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+        except TimeoutError:
+            c.close()
+            raise RunbookError(f"the Dask scheduler at {mask_text(scheduler)} has no worker "
+                               f"(none joined within {WORKERS_WAIT_S:g} s): start `dask worker "
+                               "ADDRESS` with the targets' environment") from None
         try:
             yield c
         finally:
@@ -350,6 +359,48 @@ def execute(c: Client, tasks: list[Task], runbooks: list[str], limits: Limits, j
     return results, interrupted
 
 
+WORKERS_WAIT_S = 60.0  # an external scheduler with no worker is said, never waited on forever
+SCHEDULER = re.compile(r"^(tcp|tls|ucx|inproc)://\S+$")  # what a Dask client connects to
+
+
+def checked_params(fleet: Fleet, given: dict[str, str]) -> dict[str, Any]:
+    """-p KEY=VALUE for every target, checked against the fleet's runbooks (UsageError): no
+    target or secret, and no action (a sweep diagnoses, it never acts on a fleet)."""
+    from .fleet import is_reference
+    from .params import UsageError, validate
+
+    out = dict(validate(fleet.runbooks, given))
+    for key, value in out.items():
+        if key == "target" or key == "findings_path":
+            raise UsageError(f"-p {key}: set by the sweep for each target (the fleet file "
+                             "names the targets)")
+        if key.endswith("_target") and isinstance(value, str) and value \
+                and not is_reference(value):
+            raise UsageError(f"-p {key}: give env:VAR or service:NAME (a sweep hands no "
+                             "secret to its workers)")
+        if key == "allow_actions" and value:
+            raise UsageError("-p allow_actions: a sweep never acts (run the runbook on that "
+                             "target to act, after its preview)")
+    return out
+
+
+@contextmanager
+def held_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM noted rather than raised inside: a second Ctrl-C while the sweep's
+    outputs are written would otherwise leave half of them after saying all were written."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    before = {k: signal.signal(k, lambda n, _frame: caught.append(n)) for k in kinds}
+    try:
+        yield caught
+    finally:
+        for k, handler in before.items():
+            signal.signal(k, handler)
+
+
 def default_out_dir() -> Path:
     return Path("reports") / dt.datetime.now(dt.UTC).strftime("fleet-%Y%m%dT%H%M%SZ")
 
@@ -362,39 +413,40 @@ def run(fleet: Fleet, out: Path | None = None, overrides: dict[str, str] | None 
     status, the fleet's summary). Interrupted (report.Interrupted) after writing on Ctrl-C."""
     from . import fleet_report
     from .errors import RunbookError
-    from .fleet import is_reference
-    from .params import UsageError, validate
+    from .params import UsageError
     from .report import Interrupted, absolute_paths, claimed
 
     opts = options or outputs.Options()
     if notebooks not in NOTEBOOKS:
         raise UsageError(f"--notebooks {notebooks}: one of {', '.join(NOTEBOOKS)}")
-    given = dict(validate(fleet.runbooks, overrides or {}))
-    for key, value in given.items():
-        if key == "target" or key == "findings_path":
-            raise UsageError(f"-p {key}: set by the sweep for each target (the fleet file "
-                             "names the targets)")
-        if key.endswith("_target") and isinstance(value, str) and value \
-                and not is_reference(value):
-            raise UsageError(f"-p {key}: give env:VAR or service:NAME (a sweep hands no "
-                             "secret to its workers)")
+    given = checked_params(fleet, overrides or {})
     out = (out or default_out_dir()).resolve()
     limits = Limits(opts.runbook_timeout_s, opts.cell_timeout_s, notebooks)
     tasks = [Task(t.name, t.spec, absolute_paths({**t.params, **given})) for t in fleet.targets]
     started = dt.datetime.now(dt.UTC)
     fresh = not out.exists()
     with claimed(out):
+        cluster = ExitStack()
         try:
-            with client(scheduler, opts.jobs, verbose) as c:
-                link = dashboard(c, not scheduler)
-                if link and not quiet:
-                    print(f"Dask dashboard: {link}", file=sys.stderr)
-                results, interrupted = execute(c, tasks, fleet.runbooks, limits, opts.jobs, quiet)
+            c = cluster.enter_context(client(scheduler, opts.jobs, verbose))
+            link = dashboard(c, not scheduler)
+            if link and not quiet:
+                print(f"Dask dashboard: {link}", file=sys.stderr)
+            results, interrupted = execute(c, tasks, fleet.runbooks, limits, opts.jobs, quiet)
         except RunbookError:  # no cluster: nothing ran, leave no empty run directory behind
+            with held_signals():
+                cluster.close()
             if fresh:
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        summary = fleet_report.write(out, fleet, results, started, opts, interrupted)
+        except KeyboardInterrupt:  # while the cluster was starting: no target ran
+            results = {t.name: lost(t.name, fleet.runbooks, "stopped by a signal (Ctrl-C or "
+                                    "SIGTERM) before the sweep started") for t in tasks}
+            interrupted = True
+        with held_signals() as caught:  # the cluster's shutdown and every output, whole
+            cluster.close()
+            summary = fleet_report.write(out, fleet, results, started, opts, interrupted)
+        interrupted = interrupted or bool(caught)
     if interrupted:
         raise Interrupted(summary)
     return int(summary["exit_code"]), summary

@@ -274,6 +274,8 @@ BAD = [
     ("runbooks: [connectivity]\ntargets:\n  - name: a\n    target: env:A\n    params:\n"
      "      admin_target: postgresql://postgres:hunter2@h/db\n", 6, "never a DSN"),
     ("targets: [\n", 2, "not valid YAML"),
+    ("runbooks: [connectivity]\ntargets:\n  - name: a\n    target: env:A\n    params:\n"
+     "      allow_actions: true\n", 6, "allow_actions: a sweep never acts"),
 ]
 
 
@@ -299,6 +301,36 @@ def test_the_cli_refuses_a_bad_fleet_file_before_anything_runs(tmp_path: Path) -
                    "--out", str(tmp_path / "out"))
     assert done.returncode == EXIT_USAGE and "hunter2" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["run", "--scheduler", "http://u:hunter2@h:8786"], "give the scheduler's address"),
+    (["run", "-p", "allow_actions=true"], "a sweep never acts"),
+    (["check", "-p", "connect_attempts=0"], "connect_attempts='0'"),
+    (["check", "-p", "target=postgresql://u:hunter2@h/db"], "set by the sweep"),
+    (["run", "--out", "EARLIER"], "holds an earlier run"),
+])
+def test_bad_options_are_refused_before_anything_runs(tmp_path: Path, args: list[str],
+                                                       says: str) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("runbooks: [connectivity]\ntargets:\n  - {name: a, target: env:A}\n")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "summary.json").write_text("{}")
+    args = [str(earlier) if a == "EARLIER" else a for a in args]
+    out = [] if "--out" in args or args[0] == "check" else ["--out", str(tmp_path / "out")]
+    done = run_cli("fleet", args[0], str(path), *args[1:], *out)
+    assert done.returncode == EXIT_USAGE, done.stdout + done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_signals_while_the_outputs_are_written_are_held() -> None:
+    with sweep.held_signals() as caught:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # delivered here: noted, not raised
+    assert caught == [signal.SIGINT]
 
 
 def test_notebooks_threshold() -> None:
