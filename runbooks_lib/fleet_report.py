@@ -113,12 +113,7 @@ def write(out: Path, fleet: Fleet, results: Mapping[str, TargetResult], started:
     write_json(out / "summary.json", fleet_summary)
     write_json(out / "alerts.json", fleet_alerts)
     registry = metrics.build(runs, previous=opts.metrics_file)
-    metrics.write_file(registry, out / "metrics.prom")
-    if opts.metrics_file is not None:
-        try:
-            metrics.write_file(registry, opts.metrics_file)
-        except OSError as exc:
-            problems.append(f"--metrics-file {opts.metrics_file}: {exc.strerror or exc}")
+    outputs.write_metrics(registry, out, opts, problems)
     if opts.alert_webhook:
         by_name = {x["name"]: x for x in targets}
         for entry in fleet_alerts:

@@ -14,11 +14,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import alerts, history, metrics, notebooks, overview, page
 from .findings import run_reports, write_json, write_text
 from .target import mask_text
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger("runbooks_lib")
 OVERVIEW = "health_overview"
@@ -37,6 +40,17 @@ class Options:
     alert_least: str = "warning"  # the run status that sends the webhook
     keep_days: float = 30  # history and run directories kept under the reports root
     overview: bool | None = None  # None: when more than one runbook ran
+
+
+def write_metrics(registry: Collector, out: Path, opts: Options, problems: list[str]) -> None:
+    """The run's metrics.prom, and the stable --metrics-file when asked: a file that cannot be
+    written there is a problem of the run, never its failure."""
+    metrics.write_file(registry, out / "metrics.prom")
+    if opts.metrics_file is not None:
+        try:
+            metrics.write_file(registry, opts.metrics_file)
+        except OSError as exc:
+            problems.append(f"--metrics-file {opts.metrics_file}: {exc.strerror or exc}")
 
 
 def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str],
@@ -71,12 +85,7 @@ def finish(out: Path, summary: dict[str, Any], opts: Options, secrets: list[str]
     registry = metrics.build([metrics.Run(summary["target_label"], summary, reports,
                                           time.time())],
                              previous=opts.metrics_file)
-    metrics.write_file(registry, out / "metrics.prom")
-    if opts.metrics_file is not None:
-        try:
-            metrics.write_file(registry, opts.metrics_file)
-        except OSError as exc:
-            problems.append(f"--metrics-file {opts.metrics_file}: {exc.strerror or exc}")
+    write_metrics(registry, out, opts, problems)
     if opts.pushgateway:
         error = metrics.push(registry, opts.pushgateway, summary["target_label"])
         if error:
